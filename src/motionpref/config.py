@@ -1,0 +1,411 @@
+"""Typed view of ``params.yaml``, parsed and validated once by the stage or command that runs.
+
+``params.yaml`` holds the base values (the CPU demo) plus a ``profiles`` table of overrides; the top-level
+``profile`` key picks one (``dvc exp run -S profile=smoke`` makes every stage tiny). Overrides are merged into
+the base before validation, so an error always names the full key path a user can fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """params.yaml is unreadable or does not describe a valid run (the message names the key path)."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+S = TypeVar("S", bound=Section)
+
+
+class SplitFractions(Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.05, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {total:g}")
+        return self
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "humanml3d", "kit"] = "synthetic"
+    root: Path | None = None  # a real HumanML3D / KIT-ML folder, for source humanml3d | kit
+    n_clips: int = Field(3000, ge=4)
+    n_novel: int = Field(600, ge=0)
+    n_captions: int = Field(3, ge=1, le=10)
+    mirror: bool = True
+    split: SplitFractions = SplitFractions()
+    min_len: int = Field(40, ge=4)
+    max_len: int = Field(196, ge=8)
+    workers: int = Field(2, ge=1, le=64)
+    judge_clips_per_primitive: int = Field(20, ge=1)
+    cmu_dir: Path = Path("tests/fixtures/cmu")  # real mocap shown beside the synthetic world
+
+    @property
+    def skeleton_name(self) -> str:
+        return "kit" if self.source == "kit" else "humanml3d"
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source != "synthetic" and self.root is None:
+            raise ValueError(f"data.root: source {self.source!r} needs the path of the dataset folder")
+        if self.min_len >= self.max_len:
+            raise ValueError(f"min_len ({self.min_len}) must be below max_len ({self.max_len})")
+        return self
+
+
+# ---- model sizes and optimisation: the library takes these objects directly -------------------------------
+
+
+class VQVAEConfig(Section):
+    """Sizes of the motion VQ-VAE (MotionGPT / T2M-GPT design); defaults are the CPU profile's."""
+
+    feature_dim: int = Field(263, ge=5)
+    nb_code: int = Field(256, ge=2)
+    code_dim: int = Field(128, ge=1)  # also the encoder's output width (T2M-GPT's output_emb_width)
+    width: int = Field(128, ge=1)
+    depth: int = Field(2, ge=1)  # residual blocks per resolution; dilations growth ** 0 .. ** (depth - 1)
+    down_t: int = Field(2, ge=1)  # stride-2 downsamplings: 4x fewer codes than frames
+    stride_t: int = Field(2, ge=2, multiple_of=2)  # even: kernel 2*stride, padding stride/2
+    dilation_growth_rate: int = Field(3, ge=1)
+    activation: Literal["relu", "silu", "gelu"] = "relu"
+    mu: float = Field(0.99, gt=0, lt=1)  # EMA decay of the codebook
+
+    @classmethod
+    def real(cls, feature_dim: int = 263) -> VQVAEConfig:
+        """MotionGPT's VQ-VAE: 512 codes of 512 dims, width 512, depth 3, 4x downsampling."""
+        return cls(feature_dim=feature_dim, nb_code=512, code_dim=512, width=512, depth=3, down_t=2)
+
+    @property
+    def downsample(self) -> int:
+        return self.stride_t**self.down_t
+
+
+class VQVAETrainConfig(Section):
+    """Optimisation of the VQ-VAE; the CPU default trains fewer steps, higher lr than T2M-GPT (``real``)."""
+
+    steps: int = Field(1500, ge=1)
+    warmup_steps: int = Field(100, ge=0)
+    batch_size: int = Field(32, ge=1)
+    window: int = Field(64, ge=4)  # frames per training window (T2M-GPT: 64)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_milestones: tuple[int, ...] = (1000,)  # steps after warm-up at which the lr is multiplied by gamma
+    gamma: float = Field(0.05, gt=0)
+    commit: float = Field(0.02, ge=0)
+    vel: float = Field(0.5, ge=0)
+    log_every: int = Field(50, ge=1)
+
+    @classmethod
+    def real(cls) -> VQVAETrainConfig:
+        """T2M-GPT's README command for HumanML3D (as MotionGPT's VQ stage)."""
+        return cls(steps=300_000, warmup_steps=1000, batch_size=256, lr=2e-4, lr_milestones=(200_000,))
+
+
+class EvaluatorConfig(Section):
+    """Sizes of the Guo et al. 2022 evaluator: defaults for the CPU profile, ``t2m()`` the published model."""
+
+    feature_dim: int = Field(263, ge=5)  # must exceed the 4 contact channels the movement encoder drops
+    dim_word: int = Field(64, ge=1)
+    dim_pos_ohot: int = Field(15, ge=1)
+    dim_text_hidden: int = Field(128, ge=1)
+    dim_coemb_hidden: int = Field(128, ge=1)  # size of both embeddings
+    dim_movement_enc_hidden: int = Field(128, ge=1)
+    dim_movement_latent: int = Field(128, ge=1)
+    dim_motion_hidden: int = Field(256, ge=1)
+    unit_length: Literal[4] = 4  # the movement encoder's two stride-2 convolutions fix 4 frames a unit
+    max_text_len: int = Field(20, ge=1)
+    max_motion_length: int = Field(196, ge=4, multiple_of=4)  # clips are padded to this, longer ones cut
+    word_vectors: Literal["learned", "glove"] = "learned"  # trained here, or the published frozen GloVe
+
+    @classmethod
+    def t2m(cls, feature_dim: int = 263) -> EvaluatorConfig:
+        """The published evaluator: ``evaluator_wrapper.py`` and ``opt.txt`` of text-to-motion."""
+        return cls(
+            feature_dim=feature_dim,
+            dim_word=300,
+            dim_text_hidden=512,
+            dim_coemb_hidden=512,
+            dim_movement_enc_hidden=512,
+            dim_movement_latent=512,
+            dim_motion_hidden=1024,
+            word_vectors="glove",
+        )
+
+
+class EvaluatorTrainConfig(Section):
+    """Optimisation of the evaluator. The original's: lr 1e-4, margin 10, clip 0.5, batch 32, 24-frame
+    windows, lambda 0.001; the CPU profile trains fewer steps at a higher lr."""
+
+    batch_size: int = Field(32, ge=2)  # negatives are the other pairs of the batch
+    decomp_steps: int = Field(300, ge=0)
+    decomp_window: int = Field(24, ge=4, multiple_of=4)
+    decomp_lr: float = Field(1e-3, gt=0)
+    lambda_sparsity: float = Field(0.001, ge=0)
+    lambda_smooth: float = Field(0.001, ge=0)
+    match_steps: int = Field(1000, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    margin: float = Field(10.0, gt=0)
+    grad_clip: float = Field(0.5, gt=0)
+    min_word_count: int = Field(1, ge=1)
+    eval_every: int = Field(200, ge=1)  # validation loss every this many matching steps; the best is kept
+    log_every: int = Field(50, ge=1)
+
+
+class EvalSizes(Section):
+    """Sizes of the Guo et al. 2022 protocol; the defaults are the paper's."""
+
+    replications: int = Field(20, ge=1)
+    r_precision_batch: int = Field(32, ge=2)
+    top_k: int = Field(3, ge=1)
+    diversity_times: int = Field(300, ge=1)
+    mm_num_samples: int = Field(100, ge=0)  # texts with repeated generations; 0 skips MultiModality
+    mm_num_repeats: int = Field(30, ge=2)
+    mm_times: int = Field(10, ge=1)
+    unit_length: int = Field(4, ge=1)
+    embed_batch: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalSizes:
+        if self.top_k > self.r_precision_batch:
+            raise ValueError(f"top_k ({self.top_k}) exceeds r_precision_batch ({self.r_precision_batch})")
+        if self.mm_num_samples and self.mm_num_repeats <= self.mm_times:
+            raise ValueError(f"mm_num_repeats ({self.mm_num_repeats}) must exceed mm_times ({self.mm_times})")
+        return self
+
+
+class PolicyConfig(Section):
+    """Sizes of a policy built from scratch. ``num_layers`` is per stack for T5 (encoder and decoder each)
+    and the decoder depth for ``arch: causal``; ``max_positions`` only bounds the causal model."""
+
+    arch: Literal["t5", "causal"] = "t5"
+    codebook_size: int = Field(512, ge=2)
+    d_model: int = Field(128, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    d_ff: int = Field(512, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    min_word_frequency: int = Field(1, ge=1)
+    max_positions: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _heads(self) -> PolicyConfig:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class PolicyTrainConfig(Section):
+    """Supervised text-to-motion training. AdamW betas are MotionGPT's (0.9, 0.99); the lr is above its 2e-4
+    because the CPU default trains a tiny model from scratch, not flan-t5."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_batch_size: int = Field(64, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # stop early after this many optimiser steps (quick runs)
+
+
+class RetrievalConfig(Section):
+    """Sizes of the TMR-style retrieval model (the motion feature size comes from the dataset statistics)."""
+
+    latent_dim: int = Field(128, ge=1)  # width of both transformers and of the joint embedding space
+    ff_dim: int = Field(256, ge=1)
+    n_layers: int = Field(2, ge=1)  # per encoder
+    n_heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_words: int = Field(48, ge=1)  # longer captions are truncated
+    # Consecutive frames concatenated into one motion token. TMR uses 1; 4 (the VQ-VAE's downsampling)
+    # makes a training step on 196-frame clips ~3x cheaper, which the CPU profile needs.
+    frames_per_token: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _heads(self) -> RetrievalConfig:
+        if self.latent_dim % self.n_heads:
+            raise ValueError(f"latent_dim ({self.latent_dim}) must be divisible by n_heads ({self.n_heads})")
+        return self
+
+
+class RetrievalTrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    temperature: float = Field(0.1, gt=0)  # TMR's value
+    filter_threshold: float = Field(0.8, gt=0)  # TF-IDF cosine above which captions are not negatives
+    min_crop: float = Field(0.8, gt=0, le=1)  # a training crop keeps this fraction of the clip or more
+    max_frames: int = Field(196, ge=4)  # crops (and validation motions) are at most this long
+    word_dropout: float = Field(0.1, ge=0, lt=1)  # chance a word becomes [UNK], so unseen words are expected
+    grad_clip: float = Field(1.0, gt=0)
+    val_batch_size: int = Field(32, ge=2)  # recall is ranked within batches of this many, as T2M R-precision
+
+
+def section_from_file(cls: type[S], data: Any, where: str) -> S:
+    """A config section stored beside a model (``config.json``), with errors naming the file and key."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where, None)) from None
+
+
+# ---- the stages' sections --------------------------------------------------------------------------------
+
+
+class VQVAESection(Section):
+    model: VQVAEConfig = VQVAEConfig()  # feature_dim comes from the dataset, not from here
+    train: VQVAETrainConfig = VQVAETrainConfig()
+
+
+class EvaluatorSection(Section):
+    init: Literal["scratch", "t2m"] = "scratch"  # train here, or load the published T2M evaluator
+    checkpoints_dir: Path | None = None  # for t2m: the folder holding t2m/text_mot_match/model/finest.tar
+    glove_dir: Path | None = None  # for t2m: the folder holding our_vab_data.npy, our_vab_words.pkl, ...
+    model: EvaluatorConfig = EvaluatorConfig()
+    train: EvaluatorTrainConfig = EvaluatorTrainConfig()
+
+    @model_validator(mode="after")
+    def _paths(self) -> EvaluatorSection:
+        if self.init == "t2m" and (self.checkpoints_dir is None or self.glove_dir is None):
+            raise ValueError("init t2m needs checkpoints_dir and glove_dir")
+        return self
+
+
+class RetrievalSection(Section):
+    model: RetrievalConfig = RetrievalConfig()
+    train: RetrievalTrainConfig = RetrievalTrainConfig()
+
+
+class PolicySection(Section):
+    init: Literal["scratch", "motiongpt"] = "scratch"  # train a tiny model here, or load MotionGPT
+    checkpoint: Path | None = None  # for motiongpt: the checkpoint holding lm.language_model.* and vae.*
+    t5_dir: Path | None = None  # for motiongpt: the flan-t5 folder (config and tokenizer files)
+    model: PolicyConfig = PolicyConfig()  # codebook_size comes from the VQ-VAE, not from here
+    train: PolicyTrainConfig = PolicyTrainConfig()
+
+    @model_validator(mode="after")
+    def _paths(self) -> PolicySection:
+        if self.init == "motiongpt" and (self.checkpoint is None or self.t5_dir is None):
+            raise ValueError("init motiongpt needs checkpoint and t5_dir")
+        return self
+
+
+class SamplingConfig(Section):
+    temperature: float = Field(1.0, gt=0)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=3)  # start + codes + end; 196 frames are 49 codes
+    batch_size: int = Field(64, ge=1)
+    retries: int = Field(2, ge=0)  # resample an invalid generation (no motion tokens) with a new seed
+
+
+class EvaluateSection(Section):
+    sizes: EvalSizes = EvalSizes()
+    sampling: SamplingConfig = SamplingConfig()
+    judge_texts: int = Field(300, ge=0)  # test captions whose samples the synthetic judge scores
+
+
+class Params(Section):
+    profile: str = "cpu"
+    seed: int = Field(0, ge=0)
+    experiment: str = Field("motionpref", min_length=1)
+    threads: int = Field(2, ge=1, le=256)
+    data: DataConfig = DataConfig()
+    vqvae: VQVAESection = VQVAESection()
+    evaluator: EvaluatorSection = EvaluatorSection()
+    retrieval: RetrievalSection = RetrievalSection()
+    policy: PolicySection = PolicySection()
+    evaluate: EvaluateSection = EvaluateSection()
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def stage_seed(self, stage: str) -> int:
+        """Each stage's own seed, derived from the global one so that ``-S seed=1`` reseeds every stage
+        while stages (the evaluator and the retrieval scorer, say) never share a random stream."""
+        digest = hashlib.sha256(f"{self.seed}:{stage}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def section_dict(self, *names: str) -> dict[str, Any]:
+        """The named sections as plain data (what a stage reads, for MLflow params and hashing)."""
+        dumped = self.model_dump(mode="json")
+        return {n: dumped[n] for n in names}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any], path: str) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, f"{path}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _format_errors(err: ValidationError, source: str, profile: str | None) -> str:
+    lines = [f"{source}: invalid parameters" + (f" (profile {profile!r} applied)" if profile else "")]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a params mapping, applying the selected profile's overrides first."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    profile = raw.get("profile", "cpu")
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{source}: profiles: expected a mapping of profile name to overrides")
+    merged = raw
+    if profile in profiles:
+        override = profiles[profile]
+        if not isinstance(override, dict):
+            raise ConfigError(f"{source}: profiles.{profile}: expected a mapping of overrides")
+        if "profile" in override or "profiles" in override:
+            raise ConfigError(f"{source}: profiles.{profile}: a profile cannot set 'profile' or 'profiles'")
+        merged = _deep_merge(raw, override, f"profiles.{profile}")
+    elif profile != "cpu":
+        known = ", ".join(["cpu", *profiles]) or "cpu"
+        raise ConfigError(f"{source}: profile: unknown profile {profile!r}; expected one of {known}")
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source, profile if profile in profiles else None)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: parameters file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(raw or {}, str(path))
+
+
+def params_hash(data: dict[str, Any]) -> str:
+    """Short stable hash of the params a stage reads, to tell runs apart at a glance."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

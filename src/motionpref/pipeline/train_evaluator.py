@@ -1,0 +1,43 @@
+"""Stage train_evaluator: the Guo et al. 2022 text-motion matching model the metrics embed with.
+
+``evaluator.init: t2m`` loads the published checkpoint instead of training one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from motionpref.config import Params
+from motionpref.pipeline import MODELS, REPORTS, StageContext
+
+READS = ("data", "evaluator", "evaluate")
+
+
+def run(params: Params, ctx: StageContext) -> dict[str, Any]:
+    from motionpref.evaluate.metrics import evaluate_model, ground_truth_sample_fn
+    from motionpref.io import write_json
+    from motionpref.models.evaluator import Evaluator
+    from motionpref.train.evaluator import train_evaluator
+
+    cfg = params.evaluator
+    spec = ctx.dataset(params.data)
+    val = spec.load("val")
+    out = ctx.path(MODELS, "evaluator")
+    seed = params.stage_seed("train_evaluator")
+    metrics: dict[str, Any] = {}
+    if cfg.init == "t2m":
+        dataset = "kit" if params.data.source == "kit" else "t2m"
+        Evaluator.from_t2m(cfg.checkpoints_dir, cfg.glove_dir, dataset).save(out)  # type: ignore[arg-type]
+    else:
+        model_config = cfg.model.model_copy(update={"feature_dim": spec.skeleton.feature_dim})
+        metrics = train_evaluator(
+            spec.load("train"), val, model_config, cfg.train, seed, out, ctx.run.log_metric, spec.skeleton
+        )
+    # how well the evaluator tells the validation motions apart: the ceiling of every model's R-precision
+    evaluator = Evaluator.load(out)
+    sizes = params.evaluate.sizes.model_copy(update={"mm_num_samples": 0, "replications": 3})
+    if len(val) >= sizes.r_precision_batch:
+        gt = evaluate_model(ground_truth_sample_fn(val), val, evaluator, sizes, seed)
+        metrics.update({f"val_gt_{k}": v["mean"] for k, v in gt.items() if k != "replications"})
+    write_json(ctx.path(REPORTS, "train_evaluator.json"), metrics)
+    return metrics

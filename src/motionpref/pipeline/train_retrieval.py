@@ -1,0 +1,43 @@
+"""Stage train_retrieval: the TMR-style text-motion scorer (SoPo's reward, the AI labeler's judge).
+
+A different architecture and seed from the evaluator, so no method ever optimises the metric we report.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from motionpref.config import Params
+from motionpref.pipeline import DATASET, MODELS, REPORTS, StageContext
+
+READS = ("data", "retrieval")
+
+
+def run(params: Params, ctx: StageContext) -> dict[str, Any]:
+    from motionpref.io import write_json
+    from motionpref.train.retrieval import train_retrieval
+
+    spec = ctx.dataset(params.data)
+    train, val = spec.load("train"), spec.load("val")
+    mean, std = spec.stats()
+    groups = None
+    if params.data.source == "synthetic":
+        from motionpref.synth.world import read_programs
+
+        # clips of one program describe the same motion: never each other's negatives
+        programs = read_programs(ctx.path(DATASET))
+        groups = [programs[e.source_id][0].key() for e in train]
+    metrics = train_retrieval(
+        train,
+        val,
+        mean,
+        std,
+        ctx.path(MODELS, "retrieval"),
+        model_config=params.retrieval.model,
+        train_config=params.retrieval.train,
+        seed=params.stage_seed("train_retrieval"),
+        train_groups=groups,
+        log_metric=ctx.run.log_metric,
+    )
+    write_json(ctx.path(REPORTS, "train_retrieval.json"), metrics)
+    return metrics

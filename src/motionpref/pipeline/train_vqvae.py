@@ -1,0 +1,64 @@
+"""Stage train_vqvae: the motion tokenizer, and every dataset entry tokenised into data/tokens/.
+
+With ``policy.init: motiongpt`` the VQ-VAE is MotionGPT's own (its checkpoint's ``vae.*`` weights), since
+the language model only understands that codebook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from motionpref.config import Params, VQVAEConfig
+from motionpref.pipeline import MODELS, REPORTS, TOKENS, StageContext
+
+READS = ("data", "vqvae", "policy")
+SPLITS = ("train", "val", "test")
+
+
+def run(params: Params, ctx: StageContext) -> dict[str, Any]:
+    from motionpref.io import write_json
+    from motionpref.models.checkpoint import check_state_dict
+    from motionpref.models.policy import MOTIONGPT_VAE_PREFIX, load_motiongpt_state
+    from motionpref.models.vqvae import MotionVQVAE
+    from motionpref.train.vqvae import evaluate_vqvae, train_vqvae, write_tokens
+
+    spec = ctx.dataset(params.data)
+    entries = {split: spec.load(split) for split in SPLITS}
+    mean, std = spec.stats()
+    out = ctx.path(MODELS, "vqvae")
+    if params.policy.init == "motiongpt":
+        checkpoint = params.policy.checkpoint
+        model = MotionVQVAE(VQVAEConfig.real(spec.skeleton.feature_dim))
+        state = {
+            k.removeprefix(MOTIONGPT_VAE_PREFIX): v
+            for k, v in load_motiongpt_state(checkpoint).items()  # type: ignore[arg-type]
+            if k.startswith(MOTIONGPT_VAE_PREFIX)
+        }
+        check_state_dict(model, state, where=f"{checkpoint} (keys under '{MOTIONGPT_VAE_PREFIX}')")
+        model.load_state_dict(state)
+        model.save(out)
+        val = [(e.features - mean) / std for e in entries["val"]]
+        metrics = {
+            f"val_{k}": v for k, v in evaluate_vqvae(model.eval(), val, mean, std, spec.skeleton).items()
+        }
+    else:
+        model_config = params.vqvae.model.model_copy(update={"feature_dim": spec.skeleton.feature_dim})
+        metrics = train_vqvae(
+            [e.features for e in entries["train"]],
+            [e.features for e in entries["val"]],
+            mean,
+            std,
+            model_config,
+            params.vqvae.train,
+            seed=params.stage_seed("train_vqvae"),
+            out_dir=out,
+            log_metric=ctx.run.log_metric,
+            skeleton=spec.skeleton,
+        )
+    model = MotionVQVAE.load(out)
+    everything = [e for split in SPLITS for e in entries[split]]
+    metrics["tokenised_entries"] = write_tokens(
+        model, [e.name for e in everything], [e.features for e in everything], mean, std, ctx.path(TOKENS)
+    )
+    write_json(ctx.path(REPORTS, "train_vqvae.json"), metrics)
+    return metrics

@@ -1,0 +1,20 @@
+"""Progress bars for long work that stay quiet when nobody watches (CI logs, DVC stage output to a file)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def track(iterable: Iterable[T], description: str = "", total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar on a TTY, silently otherwise."""
+    yield from tqdm(iterable, desc=description, total=total, disable=not interactive(), leave=False)

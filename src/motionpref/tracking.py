@@ -1,0 +1,130 @@
+"""MLflow tracking: one run per stage execution, tagged so a run traces back to its code, stage and params."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from motionpref.config import params_hash
+
+MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding dvc.yaml (DVC runs stages from there); the working directory if none is found."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").exists():
+            return folder
+    return here
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+class StageRun:
+    """The MLflow run of one stage execution; thin so stages and library callbacks stay MLflow-agnostic."""
+
+    def __init__(self, mlflow_module: Any, run: Any) -> None:
+        self._mlflow = mlflow_module
+        self.run = run
+        self.run_id: str = run.info.run_id
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        self._mlflow.log_metric(name, float(value), step=step)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
+        numeric = {
+            f"{prefix}{k}": float(v)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        if numeric:
+            self._mlflow.log_metrics(numeric, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_dict(self, data: Any, name: str) -> None:
+        self._mlflow.log_dict(data, name)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self._mlflow.set_tag(key, str(value))
+
+
+@contextmanager
+def stage_run(
+    stage: str,
+    experiment: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[StageRun]:
+    """Open the MLflow run of one stage execution.
+
+    Tags: ``motionpref.stage`` (the DVC stage address, e.g. ``evaluate@sft``), ``mlflow.source.git.commit``,
+    ``dvc.exp_name`` under ``dvc exp run``, ``motionpref.params_hash`` of the params the stage reads; those
+    params are logged flattened (``data.n_clips``) and whole as ``params.json``.
+    """
+    import mlflow  # slow to import: only stages that track pay for it
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment)
+    all_tags = {
+        "motionpref.stage": stage,
+        "motionpref.params_hash": params_hash(dict(params)),
+        "motionpref.profile": str(params.get("profile", "")),
+    }
+    commit = git_commit(project_root())
+    if commit:
+        all_tags["mlflow.source.git.commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    if os.environ.get("DVC_STAGE"):
+        all_tags["dvc.stage"] = os.environ["DVC_STAGE"]
+    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
+        flat = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in flatten(params).items()}
+        items = [(k, v[:MAX_PARAM_LENGTH]) for k, v in flat.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            mlflow.log_params(dict(items[i : i + 100]))
+        mlflow.log_dict(dict(params), "params.json")
+        tracker = StageRun(mlflow, run)
+        try:
+            yield tracker
+        except BaseException:
+            mlflow.set_tag("motionpref.status", "failed")
+            raise
+

@@ -1,0 +1,171 @@
+"""Supervised text-to-motion training of the language-model policy (MotionGPT's instruction-tuned t2m task).
+
+Each step pairs every clip's motion tokens with one of its captions drawn at random, written into one of the
+policy's instruction templates drawn at random, and minimises the token-mean cross-entropy of the answer
+(start, codes, end, ``</s>``). Validation uses every caption with the default (sampling) template, once per
+epoch; the checkpoint with the lowest validation loss is the one kept.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from motionpref.config import PolicyTrainConfig
+from motionpref.models.policy import MotionPolicy
+from motionpref.progress import track
+
+if TYPE_CHECKING:
+    from motionpref.motion.dataset import Entry
+
+LogMetric = Callable[[str, float, int], None]
+
+
+@dataclass(frozen=True)
+class PolicyExample:
+    """One clip for the policy: its captions and its motion codes (from ``data/tokens/<name>.npy``)."""
+
+    name: str
+    captions: tuple[str, ...]
+    codes: tuple[int, ...]
+
+
+def load_examples(
+    entries: Sequence[Entry], tokens_dir: str | Path, codebook_size: int
+) -> list[PolicyExample]:
+    """Pair each dataset entry's captions with ``<tokens_dir>/<entry.name>.npy`` (int64 codes (N,))."""
+    tokens_dir = Path(tokens_dir)
+    examples = []
+    for entry in entries:
+        path = tokens_dir / f"{entry.name}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no motion tokens for dataset entry {entry.name!r} (train_vqvae)"
+            )
+        codes = np.load(path, allow_pickle=False)
+        if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer) or codes.size == 0:
+            raise ValueError(
+                f"{path}: expected a non-empty 1-D integer array, got {codes.dtype} {codes.shape}"
+            )
+        out_of_range = codes[(codes < 0) | (codes >= codebook_size)]
+        if out_of_range.size:
+            raise ValueError(f"{path}: code {int(out_of_range[0])} outside [0, {codebook_size})")
+        captions = tuple(c.text for c in entry.captions)
+        if not captions:
+            raise ValueError(f"dataset entry {entry.name!r} has no caption")
+        examples.append(PolicyExample(entry.name, captions, tuple(int(c) for c in codes)))
+    return examples
+
+
+def _batches(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: MotionPolicy, examples: Sequence[PolicyExample], batch_size: int = 64
+) -> dict[str, float]:
+    """Token-mean cross-entropy and next-token accuracy of the answers, every caption, default template."""
+    pairs = [(policy.prompt(c), ex.codes) for ex in examples for c in ex.captions]
+    if not pairs:
+        raise ValueError("evaluate_policy: no validation examples")
+    was_training = policy.model.training
+    policy.model.eval()
+    nll = correct = tokens = 0.0
+    for rows in _batches(len(pairs), batch_size):
+        scores = policy.token_scores([pairs[i][0] for i in rows], [pairs[i][1] for i in rows])
+        nll -= scores.logprobs.sum().item()
+        correct += scores.correct.sum().item()
+        tokens += scores.mask.sum().item()
+    policy.model.train(was_training)
+    return {"loss": nll / tokens, "token_acc": correct / tokens}
+
+
+def train_policy(
+    policy: MotionPolicy,
+    train: Sequence[PolicyExample],
+    val: Sequence[PolicyExample],
+    config: PolicyTrainConfig,
+    seed: int,
+    out_dir: str | Path,
+    log_metric: LogMetric | None = None,
+) -> dict[str, float]:
+    """Fine-tune ``policy`` in place on (caption, codes) pairs; keep the best-validation checkpoint in
+    ``out_dir`` (``MotionPolicy.load`` reads it) and leave ``policy`` holding those weights.
+
+    Returns ``train_loss``/``train_token_acc`` (mean over the last epoch), ``val_loss``/``val_token_acc`` of
+    the best epoch, ``best_epoch`` (1-based), ``epochs`` run and ``steps``.
+    """
+    if not train:
+        raise ValueError("train_policy: no training examples")
+    if not val:
+        raise ValueError("train_policy: no validation examples (the best checkpoint is chosen on them)")
+    for ex in (*train, *val):
+        if max(ex.codes) >= policy.codebook_size:
+            raise ValueError(f"example {ex.name!r}: code {max(ex.codes)} >= codebook {policy.codebook_size}")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)  # caption and template choices
+    order_gen = torch.Generator().manual_seed(seed)
+    model = policy.model
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = get_linear_schedule_with_warmup(optimiser, min(config.warmup_steps, total_steps), total_steps)
+
+    step = 0
+    best: dict[str, float] = {}
+    best_state: dict[str, torch.Tensor] = {}
+    last: dict[str, float] = {}
+    epoch = 0
+    while step < total_steps:
+        epoch += 1
+        model.train()
+        order = torch.randperm(len(train), generator=order_gen).tolist()
+        nll_sum = correct_sum = token_sum = 0.0
+        for rows in track(_batches(len(order), config.batch_size), description=f"policy epoch {epoch}"):
+            batch = [train[order[i]] for i in rows]
+            prompts = [policy.prompt(rng.choice(ex.captions), rng.choice(policy.templates)) for ex in batch]
+            scores = policy.token_scores(prompts, [ex.codes for ex in batch])
+            n_tokens = scores.mask.sum()
+            loss = -scores.logprobs.sum() / n_tokens
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            nll_sum += loss.item() * n_tokens.item()
+            correct_sum += scores.correct.sum().item()
+            token_sum += n_tokens.item()
+            if log_metric is not None:
+                log_metric("policy/train_loss", loss.item(), step)
+                log_metric("policy/lr", scheduler.get_last_lr()[0], step)
+            if step >= total_steps:
+                break
+        last = {"train_loss": nll_sum / token_sum, "train_token_acc": correct_sum / token_sum}
+        val_metrics = evaluate_policy(policy, val, config.eval_batch_size)
+        if log_metric is not None:
+            log_metric("policy/epoch_train_loss", last["train_loss"], step)
+            log_metric("policy/val_loss", val_metrics["loss"], step)
+            log_metric("policy/val_token_acc", val_metrics["token_acc"], step)
+        if not best or val_metrics["loss"] < best["val_loss"]:
+            best = {"val_loss": val_metrics["loss"], "val_token_acc": val_metrics["token_acc"]}
+            best["best_epoch"] = float(epoch)
+            # Kept on CPU rather than saved each time: one write at the end, however often val improves.
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    policy.save(out_dir)
+    return {**last, **best, "epochs": float(epoch), "steps": float(step)}

@@ -1,0 +1,8 @@
+"""DVC stage `train_policy`: the same code as `motionpref train-policy` (see motionpref.pipeline.train_policy)."""
+
+import sys
+
+from motionpref.cli import app
+
+if __name__ == "__main__":
+    app(["train-policy", *sys.argv[1:]])

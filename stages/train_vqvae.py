@@ -1,0 +1,8 @@
+"""DVC stage `train_vqvae`: the same code as `motionpref train-vqvae` (see motionpref.pipeline.train_vqvae)."""
+
+import sys
+
+from motionpref.cli import app
+
+if __name__ == "__main__":
+    app(["train-vqvae", *sys.argv[1:]])

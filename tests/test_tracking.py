@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from motionpref.tracking import flatten, project_root, stage_run, tracking_uri
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def test_stage_run_is_tagged_and_logs_params_metrics_artifacts(store, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "brisk-ibex")
+    monkeypatch.setenv("DVC_STAGE", "prepare_data")
+    params = {"profile": "smoke", "seed": 3, "data": {"n_clips": 12, "split": {"train": 0.8}}}
+    artifact = tmp_path / "stats.json"
+    artifact.write_text(json.dumps({"clips": 12}))
+    with stage_run("prepare_data", "exp-under-test", params) as run:
+        for step in range(3):
+            run.log_metric("loss", 1.0 / (step + 1), step=step)
+        run.log_metrics({"counts": {"train": 10, "test": 2}, "note": "not a number"})
+        run.log_artifact(artifact)
+        run_id = run.run_id
+
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    got = client.get_run(run_id)
+    assert got.info.status == "FINISHED"
+    assert client.get_experiment(got.info.experiment_id).name == "exp-under-test"
+    tags = got.data.tags
+    assert tags["motionpref.stage"] == "prepare_data"
+    assert tags["dvc.exp_name"] == "brisk-ibex"
+    assert tags["dvc.stage"] == "prepare_data"
+    assert len(tags["motionpref.params_hash"]) == 12
+    assert got.data.params["data.n_clips"] == "12"
+    assert got.data.params["data.split.train"] == "0.8"
+    history = client.get_metric_history(run_id, "loss")
+    assert [(m.step, round(m.value, 4)) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.3333)]
+    assert got.data.metrics["counts.train"] == 10
+    assert "note" not in got.data.metrics
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"stats.json", "params.json"} <= names
+
+
+def test_failed_stage_marks_the_run_failed(store):
+    with pytest.raises(RuntimeError), stage_run("train_vqvae", "exp-fail", {"seed": 0}) as run:
+        run_id = run.run_id
+        raise RuntimeError("boom")
+    got = mlflow.tracking.MlflowClient(tracking_uri=store).get_run(run_id)
+    assert got.info.status == "FAILED"
+    assert got.data.tags["motionpref.status"] == "failed"
+
+
+def test_default_uri_is_sqlite_in_the_project_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    sub = tmp_path / "stages"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    assert project_root() == tmp_path
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_flatten_nested_params():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}

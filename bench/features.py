@@ -65,9 +65,7 @@ def main() -> None:
 
     feats = [extract_features(j) for j in clips.values()]
     feat_frames = sum(len(f) for f in feats)
-    recover_rate, _ = _rate(
-        lambda: [recover_joints(f) for f in feats], feat_frames, args.runs, args.min_seconds
-    )
+    recover_rate, _ = _rate(lambda: [recover_joints(f) for f in feats], feat_frames, args.runs, args.min_seconds)
     batch = torch.from_numpy(np.stack([feats[1][:96]] * 32))  # an evaluation-sized batch, 32 x 96 frames
     # one intra-op thread: on a busy machine more threads only measure lock contention on these small ops
     torch.set_num_threads(1)

@@ -94,9 +94,7 @@ def bench_batch(policy: MotionPolicy, batch_size: int, max_new_tokens: int, repe
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", type=Path, help="saved policy dir (default: random-init, default size)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
@@ -125,18 +123,14 @@ def main(argv: list[str] | None = None) -> dict:
         "parameters": sum(p.numel() for p in policy.model.parameters()),
         "vocab_size": len(policy.tokenizer),
         "max_new_tokens": args.max_new_tokens,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "results": rows,
     }
     size = f"{report['parameters']:,} parameters, {report['torch_threads']} threads"
     print(f"{source} on {report['device']} ({size})")
-    print(
-        f"{'batch':>5} {'motions/s':>10} {'tokens/s':>10} {'fwd tokens/s':>13} {'gen/fwd':>8} {'invalid':>8}"
-    )
+    print(f"{'batch':>5} {'motions/s':>10} {'tokens/s':>10} {'fwd tokens/s':>13} {'gen/fwd':>8} {'invalid':>8}")
     for r in rows:
         print(
             f"{r['batch_size']:>5} {r['motions_per_s']:>10.2f} {r['tokens_per_s']:>10.0f} "

@@ -24,9 +24,7 @@ from motionpref.motion.text import Caption, parse_caption_line
 D, J = HUMANML3D.feature_dim, HUMANML3D.n_joints
 
 WHOLE = "a man kicks with his left leg.#a/DET man/NOUN kick/VERB with/ADP his/DET left/ADJ leg/NOUN#0.0#0.0"
-MIRRORED = (
-    "a man kicks with his right leg.#a/DET man/NOUN kick/VERB with/ADP his/DET right/ADJ leg/NOUN#0.0#0.0"
-)
+MIRRORED = "a man kicks with his right leg.#a/DET man/NOUN kick/VERB with/ADP his/DET right/ADJ leg/NOUN#0.0#0.0"
 TEXTS = {
     "000001": [
         WHOLE,
@@ -87,9 +85,7 @@ def test_load_split_reproduces_the_t2m_loader(dataset):
 
 def test_length_rule_matches_the_original_bounds():
     cap = [Caption("x", ["x/NOUN"])]
-    kept = {
-        n: bool(entries_of_clip("c", np.zeros((n, 4)), cap, 20.0, 40, 196, 4)) for n in (39, 40, 199, 200)
-    }
+    kept = {n: bool(entries_of_clip("c", np.zeros((n, 4)), cap, 20.0, 40, 196, 4)) for n in (39, 40, 199, 200)}
     assert kept == {39: False, 40: True, 199: True, 200: False}
 
 

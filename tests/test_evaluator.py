@@ -129,9 +129,7 @@ def test_save_load_roundtrip(tmp_path):
     assert loaded.vocab == model.vocab and loaded.config == model.config
     motions = [np.random.default_rng(0).standard_normal((48, D)).astype(np.float32)]
     np.testing.assert_array_equal(loaded.embed_motions(motions), model.embed_motions(motions))
-    np.testing.assert_array_equal(
-        loaded.embed_captions([cap("a man jump")]), model.embed_captions([cap("a man jump")])
-    )
+    np.testing.assert_array_equal(loaded.embed_captions([cap("a man jump")]), model.embed_captions([cap("a man jump")]))
     assert torch.equal(loaded.std, model.std)
 
 
@@ -228,9 +226,7 @@ def test_glove_pickles_cannot_run_code(tmp_path):
 
 def test_glove_needs_the_special_words(tmp_path):
     write_t2m_layout(tmp_path, words=("sos", "eos", "walk"))
-    with pytest.raises(
-        ValueError, match=r"our_vab_words.pkl: the vocabulary lacks the special word\(s\) \['unk'\]"
-    ):
+    with pytest.raises(ValueError, match=r"our_vab_words.pkl: the vocabulary lacks the special word\(s\) \['unk'\]"):
         Evaluator.from_t2m(tmp_path / "checkpoints", tmp_path / "glove")
 
 
@@ -240,9 +236,7 @@ def test_glove_needs_the_special_words(tmp_path):
 def test_contrastive_loss_by_hand():
     a = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
     b = torch.tensor([[3.0, 4.0], [6.0, 8.0]])  # distances 5 and 10
-    assert contrastive_loss(a, b, torch.tensor([0.0, 0.0]), margin=10).item() == pytest.approx(
-        (25 + 100) / 2, rel=1e-4
-    )
+    assert contrastive_loss(a, b, torch.tensor([0.0, 0.0]), margin=10).item() == pytest.approx((25 + 100) / 2, rel=1e-4)
     # negatives: max(0, 10 - 5)^2 = 25 and max(0, 10 - 10)^2 = 0
     assert contrastive_loss(a, b, torch.tensor([1.0, 1.0]), margin=10).item() == pytest.approx(12.5, rel=1e-4)
 
@@ -277,9 +271,7 @@ def synthetic_pairs(n: int, seed: int) -> list[Clip]:
         a = i % 4
         t = int(rng.integers(24, 48))
         noise = 0.3 * rng.standard_normal((t, D)).astype(np.float32)
-        clips.append(
-            Clip(patterns[a] * np.sin(np.arange(t) / 3.0)[:, None] + noise, [cap(f"a person {words[a]}")])
-        )
+        clips.append(Clip(patterns[a] * np.sin(np.arange(t) / 3.0)[:, None] + noise, [cap(f"a person {words[a]}")]))
     return clips
 
 

@@ -33,9 +33,7 @@ def make_pairs(n: int) -> pd.DataFrame:
     )
 
 
-def judgment(
-    pair: int, choice: str = "a", degree: str | None = "better", labeler: str = "ann", t: int = 0, **kw
-):
+def judgment(pair: int, choice: str = "a", degree: str | None = "better", labeler: str = "ann", t: int = 0, **kw):
     if choice == "skip":
         degree = None
     data = {
@@ -257,13 +255,9 @@ def valid_line(draw: st.DrawFn) -> bytes:
 @st.composite
 def bad_line(draw: st.DrawFn) -> bytes:
     base = json.loads(draw(valid_line()))
-    kind = draw(
-        st.sampled_from(["bytes", "utf8", "cut", "missing", "extra", "degree", "pair", "type", "time"])
-    )
+    kind = draw(st.sampled_from(["bytes", "utf8", "cut", "missing", "extra", "degree", "pair", "type", "time"]))
     if kind == "bytes":
-        return draw(
-            st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\n", b"")).filter(bytes.strip)
-        )
+        return draw(st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\n", b"")).filter(bytes.strip))
     if kind == "utf8":
         return json.dumps(base).encode().replace(b'"prompt": "', b'"prompt": "\xc3\x28', 1)
     if kind == "cut":

@@ -137,9 +137,7 @@ def test_ingest_last_wins_matches_the_authors_rule(tmp_path: Path) -> None:
     }
     assert got == expected
     assert result.stats["skipped"]["pairs"] == 2
-    assert result.preferences.set_index("pair_id").loc["im-1", "chosen_features"] == str(
-        root / "features/1_2.npy"
-    )
+    assert result.preferences.set_index("pair_id").loc["im-1", "chosen_features"] == str(root / "features/1_2.npy")
 
 
 def test_import_never_overwrites_other_labels(tmp_path: Path) -> None:
@@ -190,9 +188,7 @@ def test_bad_records_name_file_and_line(tmp_path: Path, record: dict, reason: st
 
 def test_malformed_lines_and_missing_tokens(tmp_path: Path) -> None:
     path = write_release(tmp_path, RECORDS[:1], tokens=False)
-    with pytest.raises(
-        LabelError, match=r"preference_labels\.jsonl:1: token file .*1_1_token\.npy not found"
-    ):
+    with pytest.raises(LabelError, match=r"preference_labels\.jsonl:1: token file .*1_1_token\.npy not found"):
         read_instructmotion(path, tmp_path)
     path.write_bytes(path.read_bytes() + b'{"id": 2, "prompt": \n')
     with pytest.raises(LabelError, match=r"preference_labels\.jsonl:2: malformed JSON"):

@@ -53,8 +53,7 @@ def _preview_loaded(page) -> str:
     img = page.locator("#preview img")
     img.wait_for(timeout=TIMEOUT_MS)
     page.wait_for_function(
-        "() => { const i = document.querySelector('#preview img');"
-        " return i && i.complete && i.naturalWidth > 0; }",
+        "() => { const i = document.querySelector('#preview img'); return i && i.complete && i.naturalWidth > 0; }",
         timeout=TIMEOUT_MS,
     )
     return img.get_attribute("src")
@@ -194,9 +193,7 @@ def test_json_api_validates_and_is_idempotent(tmp_path: Path) -> None:
 
 def test_queue_order_is_seeded_per_labeler(tmp_path: Path) -> None:
     store = _store(tmp_path, shuffle_seed=7)
-    again = LabelStore(
-        pd.read_parquet(tmp_path / "pairs.parquet"), tmp_path / "l2", tmp_path / "c2", shuffle_seed=7
-    )
+    again = LabelStore(pd.read_parquet(tmp_path / "pairs.parquet"), tmp_path / "l2", tmp_path / "c2", shuffle_seed=7)
     ids = {name: [p.pair_id for p in store.order(name)] for name in ("ann", "ben", "cat")}
     assert all(sorted(v) == [f"p{k}" for k in range(1, 6)] for v in ids.values())
     assert ids["ann"] == [p.pair_id for p in again.order("ann")]

@@ -42,9 +42,7 @@ def line(**overrides: object) -> bytes:
 def test_parse_valid_line_and_roundtrip_through_file(tmp_path: Path) -> None:
     j = parse_judgment(line(), "f.jsonl", 1)
     assert j.choice == "a" and j.degree == "better" and j.timestamp.year == 2024
-    skip = parse_judgment(
-        line(choice="skip", degree=None, created_at="2024-05-01T12:00:00.250+00:00"), "f", 1
-    )
+    skip = parse_judgment(line(choice="skip", degree=None, created_at="2024-05-01T12:00:00.250+00:00"), "f", 1)
     assert skip.degree is None
     path = tmp_path / "labels" / "ann.jsonl"
     append_judgment(path, j)
@@ -151,9 +149,7 @@ def test_concurrent_appenders_never_interleave(tmp_path: Path) -> None:
     shared = tmp_path / "shared.jsonl"
     ctx = multiprocessing.get_context("fork")
     procs = [ctx.Process(target=_append_many, args=(str(shared), w, 40)) for w in range(4)]
-    procs += [
-        ctx.Process(target=_append_many, args=(str(tmp_path / f"own{w}.jsonl"), w, 20)) for w in range(2)
-    ]
+    procs += [ctx.Process(target=_append_many, args=(str(tmp_path / f"own{w}.jsonl"), w, 20)) for w in range(2)]
     for p in procs:
         p.start()
     for p in procs:

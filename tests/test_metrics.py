@@ -31,9 +31,7 @@ D = 263
 def test_distance_matrix():
     a = np.array([[0.0, 0.0], [1.0, 1.0]])
     b = np.array([[3.0, 4.0], [1.0, 1.0], [0.0, 0.0]])
-    np.testing.assert_allclose(
-        euclidean_distance_matrix(a, b), [[5, np.sqrt(2), 0], [np.sqrt(13), 0, np.sqrt(2)]]
-    )
+    np.testing.assert_allclose(euclidean_distance_matrix(a, b), [[5, np.sqrt(2), 0], [np.sqrt(13), 0, np.sqrt(2)]])
 
 
 def test_r_precision_of_perfect_and_known_mismatches():
@@ -73,9 +71,9 @@ def test_fid_of_identical_sets_is_zero():
 
 def test_frechet_distance_closed_form():
     # 1-d: N(0, 1) vs N(3, 4): 9 + 1 + 4 - 2 * sqrt(4) = 10
-    assert frechet_distance(
-        np.array([0.0]), np.array([[1.0]]), np.array([3.0]), np.array([[4.0]])
-    ) == pytest.approx(10.0)
+    assert frechet_distance(np.array([0.0]), np.array([[1.0]]), np.array([3.0]), np.array([[4.0]])) == pytest.approx(
+        10.0
+    )
     # commuting covariances R diag(a) R^T, R diag(b) R^T: ||mu1 - mu2||^2 + sum (sqrt a - sqrt b)^2
     rot = np.linalg.qr(np.random.default_rng(1).standard_normal((3, 3)))[0]
     a, b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 16.0])
@@ -113,9 +111,7 @@ def test_multimodality_by_hand():
     rng = np.random.default_rng(4)
     first = rng.choice(3, 2, replace=False)
     second = rng.choice(3, 2, replace=False)
-    expected = np.mean(
-        [abs(emb[c, i, 0] - emb[c, j, 0]) for c in range(2) for i, j in zip(first, second, strict=True)]
-    )
+    expected = np.mean([abs(emb[c, i, 0] - emb[c, j, 0]) for c in range(2) for i, j in zip(first, second, strict=True)])
     assert multimodality(emb, 2, np.random.default_rng(4)) == pytest.approx(expected)
     assert multimodality(np.zeros((3, 4, 2)), 3, rng) == 0.0
     with pytest.raises(ValueError, match="more than times=3"):

@@ -78,9 +78,7 @@ def test_resample_keeps_frames_and_bone_lengths(walk_clip: MocapClip) -> None:
     at = resample(walk_clip, 12.5)  # KIT-ML's rate: samples fall between frames
     assert at.n_frames == int((524 - 1) * 12.5 / 120) + 1
     lengths = _bone_lengths(at)
-    np.testing.assert_allclose(
-        lengths, np.broadcast_to(_bone_lengths(walk_clip)[0], lengths.shape), atol=1e-9
-    )
+    np.testing.assert_allclose(lengths, np.broadcast_to(_bone_lengths(walk_clip)[0], lengths.shape), atol=1e-9)
     t = 3 * 120 / 12.5  # sample 3 lies 80 % of the way from frame 28 to 29
     assert t == pytest.approx(28.8)
     root = walk_clip.positions[[28, 29], 0]
@@ -167,9 +165,7 @@ def test_small_bvh_forward_kinematics(tmp_path: Path) -> None:
         ("    End Site", "    Edn Site", 10, "expected JOINT, End Site or '}'"),
     ],
 )
-def test_malformed_bvh_names_file_and_line(
-    tmp_path: Path, old: str, new: str, line: int, message: str
-) -> None:
+def test_malformed_bvh_names_file_and_line(tmp_path: Path, old: str, new: str, line: int, message: str) -> None:
     assert old in _BVH
     path = tmp_path / "broken.bvh"
     path.write_text(_BVH.replace(old, new, 1))

@@ -36,9 +36,7 @@ def _one_thread():
 
 
 def tiny_policy(arch: str = "t5", seed: int = 0, dropout: float = 0.0) -> MotionPolicy:
-    config = PolicyConfig(
-        arch=arch, codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=dropout
-    )
+    config = PolicyConfig(arch=arch, codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=dropout)
     return MotionPolicy.from_scratch(config, CAPTIONS, seed=seed)
 
 
@@ -50,16 +48,11 @@ def policy(request: pytest.FixtureRequest) -> MotionPolicy:
 def test_motion_tokens_survive_tokenizer_round_trip(policy: MotionPolicy) -> None:
     codes = [0, 5, K - 1, 5]
     text = policy.motion_text(codes)
-    assert (
-        text
-        == f"<motion_id_{K}><motion_id_0><motion_id_5><motion_id_{K - 1}><motion_id_5><motion_id_{K + 1}>"
-    )
+    assert text == f"<motion_id_{K}><motion_id_0><motion_id_5><motion_id_{K - 1}><motion_id_5><motion_id_{K + 1}>"
     ids = policy.tokenizer(text + policy.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     assert ids == policy.target_ids(codes)
     assert ids[1:-2] == [policy.motion_offset + c for c in codes]
-    assert policy.tokenizer.convert_ids_to_tokens(ids[:-1]) == [
-        f"<motion_id_{i}>" for i in [K, *codes, K + 1]
-    ]
+    assert policy.tokenizer.convert_ids_to_tokens(ids[:-1]) == [f"<motion_id_{i}>" for i in [K, *codes, K + 1]]
     assert policy.parse_motion(ids) == codes
     # The word-level text side lowercases and maps unseen words to <unk>.
     words = policy.tokenizer("A MAN zyzzyva", add_special_tokens=False)["input_ids"]
@@ -183,11 +176,7 @@ def test_save_load_round_trip_gives_identical_logits(policy: MotionPolicy, tmp_p
     before = policy.token_scores(prompts, codes).logprobs
     policy.save(tmp_path / "pol")
     meta = json.loads((tmp_path / "pol" / "motionpref_policy.json").read_text())
-    assert (
-        meta["arch"] == policy.arch
-        and meta["codebook_size"] == K
-        and meta["templates"] == list(T2M_TEMPLATES)
-    )
+    assert meta["arch"] == policy.arch and meta["codebook_size"] == K and meta["templates"] == list(T2M_TEMPLATES)
     assert (tmp_path / "pol" / "model.safetensors").is_file()
     loaded = MotionPolicy.load(tmp_path / "pol")
     loaded.model.eval()

@@ -47,9 +47,7 @@ def flan_dir(tmp_path_factory: pytest.TempPathFactory):
     return directory
 
 
-def motiongpt_checkpoint(
-    flan_dir, path, codebook_size: int = K, drop: str | None = None
-) -> T5ForConditionalGeneration:
+def motiongpt_checkpoint(flan_dir, path, codebook_size: int = K, drop: str | None = None) -> T5ForConditionalGeneration:
     """Write ``{"state_dict": {"lm.language_model.*", "vae.*"}}`` as MotionGPT builds its LM; return it."""
     tokenizer = AutoTokenizer.from_pretrained(flan_dir)
     tokenizer.add_tokens([f"<motion_id_{i}>" for i in range(codebook_size + 3)])
@@ -102,9 +100,7 @@ def test_motiongpt_wrong_codebook_names_key_and_shapes(flan_dir, tmp_path) -> No
 
 def test_motiongpt_missing_key_is_named(flan_dir, tmp_path) -> None:
     motiongpt_checkpoint(flan_dir, tmp_path / "ckpt.tar", drop="encoder.final_layer_norm.weight")
-    with pytest.raises(
-        ValueError, match=r"missing key 'encoder.final_layer_norm.weight' \(expected shape \(16,\)\)"
-    ):
+    with pytest.raises(ValueError, match=r"missing key 'encoder.final_layer_norm.weight' \(expected shape \(16,\)\)"):
         MotionPolicy.from_motiongpt(tmp_path / "ckpt.tar", flan_dir, codebook_size=K)
 
 

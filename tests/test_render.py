@@ -76,9 +76,7 @@ def test_figure_reads_as_a_person():
 
 
 def test_side_by_side_syncs_and_holds_the_shorter_motion(tmp_path):
-    out = render_side_by_side(
-        walking(30), walking(16, speed=0.5), tmp_path / "ab.gif", caption="a person walks"
-    )
+    out = render_side_by_side(walking(30), walking(16, speed=0.5), tmp_path / "ab.gif", caption="a person walks")
     frames = iio.imread(out)
     assert frames.shape == (30, 320, 640, 3)
     left, right = frames[..., :320, :], frames[..., 320:, :]

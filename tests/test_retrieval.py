@@ -33,9 +33,7 @@ CLASS_CAPTIONS = [
     ["a person waves the right hand", "someone waves with a hand"],
     ["a person sits down on a chair", "someone sits down"],
 ]
-TINY = RetrievalConfig(
-    latent_dim=32, ff_dim=64, n_layers=1, n_heads=2, dropout=0.0, max_words=12, frames_per_token=2
-)
+TINY = RetrievalConfig(latent_dim=32, ff_dim=64, n_layers=1, n_heads=2, dropout=0.0, max_words=12, frames_per_token=2)
 
 
 @dataclass
@@ -254,15 +252,11 @@ def test_training_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     other, out_other, _, _ = _train(tmp_path / "c", seed=4, epochs=2)
     assert again["train_loss"] == first["train_loss"] and again["val_loss"] == first["val_loss"]
     assert other["train_loss"] != first["train_loss"]
-    weights = {
-        name: RetrievalModel.load(out).state_dict() for name, out in [("a", out_first), ("b", out_again)]
-    }
+    weights = {name: RetrievalModel.load(out).state_dict() for name, out in [("a", out_first), ("b", out_again)]}
     for name, tensor in weights["a"].items():
         assert torch.equal(tensor, weights["b"][name]), name
     other_weights = RetrievalModel.load(out_other).state_dict()
-    assert not torch.equal(
-        other_weights["motion_projection.weight"], weights["a"]["motion_projection.weight"]
-    )
+    assert not torch.equal(other_weights["motion_projection.weight"], weights["a"]["motion_projection.weight"])
 
 
 def test_save_load_round_trip_and_overwrite(tmp_path: Path) -> None:
@@ -286,9 +280,7 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     meta = json.loads((target / "config.json").read_text())
     meta["n_layer"] = meta.pop("n_layers")
     (target / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(
-        ValueError, match=r"config\.json: missing keys \['n_layers'\], unknown keys \['n_layer'\]"
-    ):
+    with pytest.raises(ValueError, match=r"config\.json: missing keys \['n_layers'\], unknown keys \['n_layer'\]"):
         RetrievalModel.load(target)
     (target / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):

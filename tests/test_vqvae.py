@@ -181,9 +181,7 @@ def _train(tmp_path, name, seed, steps=40, logged=None):
     model_cfg = VQVAEConfig(feature_dim=D, nb_code=16, code_dim=16, width=32, depth=1)
     cfg = VQVAETrainConfig(steps=steps, warmup_steps=3, batch_size=8, window=16, lr=3e-3, log_every=10)
     log = None if logged is None else (lambda k, v, s: logged.append((k, v, s)))
-    metrics = train_vqvae(
-        clips[:10], clips[10:], mean, std, model_cfg, cfg, seed, tmp_path / name, log_metric=log
-    )
+    metrics = train_vqvae(clips[:10], clips[10:], mean, std, model_cfg, cfg, seed, tmp_path / name, log_metric=log)
     return metrics, load_file(str(tmp_path / name / "model.safetensors"))
 
 

@@ -27,7 +27,9 @@ def _fail(message: str) -> None:
 def _stage_command(name: str) -> None:
     if name in ITEM_STAGES:
 
-        def command(item: Annotated[str, typer.Argument(help="which model")], params: ParamsOption = Path("params.yaml")) -> None:  # noqa: E501
+        def command(
+            item: Annotated[str, typer.Argument(help="which model")], params: ParamsOption = Path("params.yaml")
+        ) -> None:  # noqa: E501
             try:
                 run_stage(name, params, item=item)
             except ConfigError as e:

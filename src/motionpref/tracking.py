@@ -127,4 +127,3 @@ def stage_run(
         except BaseException:
             mlflow.set_tag("motionpref.status", "failed")
             raise
-

@@ -39,13 +39,9 @@ def judge_samples(
     rng = np.random.default_rng(seed)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=len(prompts))]
     scores, real = [], []
-    for start in track(
-        range(0, len(prompts), batch), description="judge samples", total=-(-len(prompts) // batch)
-    ):
+    for start in track(range(0, len(prompts), batch), description="judge samples", total=-(-len(prompts) // batch)):
         chunk = prompts[start : start + batch]
-        motions = sample_fn(
-            [p.caption for p in chunk], [p.length for p in chunk], seeds[start : start + batch]
-        )
+        motions = sample_fn([p.caption for p in chunk], [p.length for p in chunk], seeds[start : start + batch])
         for p, features in zip(chunk, motions, strict=True):
             joints = recover_joints(np.asarray(features, np.float32), skeleton)
             scores.append(judge(p.program, joints))

@@ -103,9 +103,7 @@ def frechet_distance(
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(
-                f"imaginary component {np.max(np.abs(covmean.imag))} in the covariance square root"
-            )
+            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the covariance square root")
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
@@ -245,12 +243,8 @@ def evaluate_replication(
         reps = sizes.mm_num_repeats
         mm_texts = [texts[i] for i in picked for _ in range(reps)]
         mm_lengths = [lengths[i] for i in picked for _ in range(reps)]
-        mm_motions = _generate(
-            sample_fn, mm_texts, mm_lengths, _seeds(rng, len(mm_texts)), dim, sizes.unit_length
-        )
-        mm_emb = evaluator.embed_motions(mm_motions, sizes.embed_batch).reshape(
-            sizes.mm_num_samples, reps, -1
-        )
+        mm_motions = _generate(sample_fn, mm_texts, mm_lengths, _seeds(rng, len(mm_texts)), dim, sizes.unit_length)
+        mm_emb = evaluator.embed_motions(mm_motions, sizes.embed_batch).reshape(sizes.mm_num_samples, reps, -1)
         result["multimodality"] = multimodality(mm_emb, sizes.mm_times, rng)
     return result
 
@@ -266,9 +260,7 @@ def evaluate_model(
     (MultiModality only when ``mm_num_samples > 0``) and ``"replications": {metric: [values]}``.
     """
     if len(entries) < sizes.r_precision_batch:
-        raise ValueError(
-            f"need at least r_precision_batch={sizes.r_precision_batch} entries, got {len(entries)}"
-        )
+        raise ValueError(f"need at least r_precision_batch={sizes.r_precision_batch} entries, got {len(entries)}")
     seeds = np.random.SeedSequence(seed).generate_state(sizes.replications)
     raw: dict[str, list[float]] = {}
     for r in range(sizes.replications):

@@ -67,9 +67,7 @@ def _coemb_head(hidden: int, output: int) -> nn.Sequential:
     )
 
 
-def _bigru_last(
-    gru: nn.GRU, inputs: torch.Tensor, lengths: torch.Tensor, hidden: torch.Tensor
-) -> torch.Tensor:
+def _bigru_last(gru: nn.GRU, inputs: torch.Tensor, lengths: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Concatenated last forward and backward states of a BiGRU over padded sequences.
 
     ``enforce_sorted=False`` sorts by length for the packed GRU and restores the input order, which
@@ -91,9 +89,7 @@ class TextEncoderBiGRUCo(nn.Module):
             m.apply(init_weight)
         self.hidden = nn.Parameter(torch.randn(2, 1, hidden_size))
 
-    def forward(
-        self, word_embs: torch.Tensor, pos_onehot: torch.Tensor, cap_lens: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, word_embs: torch.Tensor, pos_onehot: torch.Tensor, cap_lens: torch.Tensor) -> torch.Tensor:
         inputs = self.input_emb(word_embs + self.pos_emb(pos_onehot))
         return self.output_net(_bigru_last(self.gru, inputs, cap_lens, self.hidden))
 
@@ -224,9 +220,7 @@ def load_glove(glove_dir: str | os.PathLike, prefix: str = "our_vab") -> tuple[d
     for w in words:
         row = word2idx.get(w)
         if not isinstance(row, int) or not 0 <= row < len(vectors):
-            raise ValueError(
-                f"{paths['idx.pkl']}: word {w!r} maps to {row!r}, not a row of {paths['data.npy']}"
-            )
+            raise ValueError(f"{paths['idx.pkl']}: word {w!r} maps to {row!r}, not a row of {paths['data.npy']}")
         vocab[w] = row
     missing = [w for w in (SOS, EOS, UNK) if w not in vocab]
     if missing:
@@ -271,9 +265,7 @@ class Evaluator(nn.Module):
 
     # ------------------------------------------------------------------------------------------ encoders
 
-    def embed_text(
-        self, words: torch.Tensor, pos_onehot: torch.Tensor, lengths: torch.Tensor
-    ) -> torch.Tensor:
+    def embed_text(self, words: torch.Tensor, pos_onehot: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Word ids (B, L) (rows of the word table) or word vectors (B, L, dim_word), POS one-hots
         (B, L, 15) and token counts (B,) including sos/eos -> text embeddings (B, dim_coemb_hidden)."""
         word_vecs = self.word_emb(words) if not words.is_floating_point() else words
@@ -291,9 +283,7 @@ class Evaluator(nn.Module):
         """(word rows, POS indices, length) of one caption as the T2M ``Text2MotionDatasetV2`` builds them:
         ``sos`` + at most ``max_text_len`` tokens + ``eos``, padded with ``unk/OTHER`` to max_text_len + 2.
         A word outside the vocabulary reads as ``unk`` with POS OTHER, as the T2M ``WordVectorizer``."""
-        tokens = [(w, p) for w, p in zip(caption.words, caption.pos_tags, strict=True)][
-            : self.config.max_text_len
-        ]
+        tokens = [(w, p) for w, p in zip(caption.words, caption.pos_tags, strict=True)][: self.config.max_text_len]
         tokens = [(SOS, "OTHER"), *tokens, (EOS, "OTHER")]
         length = len(tokens)
         tokens += [(UNK, "OTHER")] * (self.config.max_text_len + 2 - length)
@@ -350,9 +340,7 @@ class Evaluator(nn.Module):
             self.embed_text(*(t.to(device) for t in self.text_batch(captions[i : i + batch_size])))
             for i in range(0, len(captions), batch_size)
         ]
-        return (
-            torch.cat(out).cpu().numpy() if out else np.zeros((0, self.config.dim_coemb_hidden), np.float32)
-        )
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.config.dim_coemb_hidden), np.float32)
 
     @torch.no_grad()
     def embed_motions(self, features_list: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -365,9 +353,7 @@ class Evaluator(nn.Module):
         for i in range(0, len(features_list), batch_size):
             motions, lengths = self.motion_batch(features_list[i : i + batch_size])
             out.append(self.embed_motion(motions.to(self.mean.device), lengths.to(self.mean.device)))
-        return (
-            torch.cat(out).cpu().numpy() if out else np.zeros((0, self.config.dim_coemb_hidden), np.float32)
-        )
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.config.dim_coemb_hidden), np.float32)
 
     def embed(
         self, captions: Sequence[Caption], features_list: Sequence[np.ndarray], batch_size: int = 32
@@ -385,13 +371,9 @@ class Evaluator(nn.Module):
     def save(self, directory: str | os.PathLike) -> None:
         """``config.json``, ``vocab.json`` and ``model.safetensors`` (encoders, word table, mean/std)."""
         with atomic_dir(directory) as tmp:
-            (tmp / CONFIG_FILE).write_text(
-                json.dumps(self.config.model_dump(), indent=2) + "\n", encoding="utf-8"
-            )
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2) + "\n", encoding="utf-8")
             (tmp / VOCAB_FILE).write_text(json.dumps(self.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
-            save_file(
-                {k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_FILE)
-            )
+            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_FILE))
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Evaluator:
@@ -413,9 +395,7 @@ class Evaluator(nn.Module):
             raise FileNotFoundError(f"{weights}: missing (expected an evaluator saved by Evaluator.save)")
         state = load_file(str(weights))
         rows = state["word_emb.weight"].shape[0] if "word_emb.weight" in state else None
-        model = cls(
-            section_from_file(EvaluatorConfig, data[CONFIG_FILE], str(directory / CONFIG_FILE)), vocab, rows
-        )
+        model = cls(section_from_file(EvaluatorConfig, data[CONFIG_FILE], str(directory / CONFIG_FILE)), vocab, rows)
         check_state_dict(model, state, where=str(weights))
         model.load_state_dict(state)
         return model.eval()
@@ -441,16 +421,12 @@ class Evaluator(nn.Module):
         vocab, vectors = load_glove(glove_dir)
         config = EvaluatorConfig.t2m(T2M_LAYOUT[dataset]["feature_dim"])
         if vectors.shape[1] != config.dim_word:
-            raise ValueError(
-                f"{glove_dir}: word vectors have {vectors.shape[1]} dims, expected {config.dim_word}"
-            )
+            raise ValueError(f"{glove_dir}: word vectors have {vectors.shape[1]} dims, expected {config.dim_word}")
         model = cls(config, vocab, n_word_rows=len(vectors))
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for corrupt or non-weights files
-            raise ValueError(
-                f"{ckpt_path}: cannot be read as a weights-only torch checkpoint ({err})"
-            ) from None
+            raise ValueError(f"{ckpt_path}: cannot be read as a weights-only torch checkpoint ({err})") from None
         if not isinstance(ckpt, dict):
             raise ValueError(f"{ckpt_path}: expected a dict checkpoint, got {type(ckpt).__name__}")
         for key in ("text_encoder", "movement_encoder", "motion_encoder"):

@@ -44,9 +44,7 @@ class MotionGenerator:
     std: np.ndarray
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
-    def generate(
-        self, captions: Sequence[str], seeds: Sequence[int], temperature: float | None = None
-    ) -> Generation:
+    def generate(self, captions: Sequence[str], seeds: Sequence[int], temperature: float | None = None) -> Generation:
         s = self.sampling
         n = len(captions)
         out = Generation([None] * n, [[] for _ in range(n)], list(seeds), [0] * n)

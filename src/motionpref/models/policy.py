@@ -197,9 +197,7 @@ class MotionPolicy:
     ) -> MotionPolicy:
         """A randomly initialised tiny model with a word-level vocabulary of ``captions`` + template words."""
         template_words = [t.replace(CAPTION_PLACEHOLDER, " ") for t in (*templates, default_template)]
-        tokenizer = build_word_tokenizer(
-            [*captions, *template_words], min_frequency=config.min_word_frequency
-        )
+        tokenizer = build_word_tokenizer([*captions, *template_words], min_frequency=config.min_word_frequency)
         add_motion_tokens(tokenizer, config.codebook_size)
         ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
         if config.arch == "t5":
@@ -271,9 +269,7 @@ class MotionPolicy:
         if not lm_state:
             raise ValueError(f"{checkpoint}: state_dict has no '{MOTIONGPT_LM_PREFIX}*' keys (T5 weights)")
         if not vae_state:
-            raise ValueError(
-                f"{checkpoint}: state_dict has no '{MOTIONGPT_VAE_PREFIX}*' keys (VQ-VAE weights)"
-            )
+            raise ValueError(f"{checkpoint}: state_dict has no '{MOTIONGPT_VAE_PREFIX}*' keys (VQ-VAE weights)")
         model = T5ForConditionalGeneration(config)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         check_state_dict(model, lm_state, where=f"{checkpoint} (keys under '{MOTIONGPT_LM_PREFIX}')")
@@ -303,9 +299,7 @@ class MotionPolicy:
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path}: not found; {directory} is not a saved motionpref policy")
         meta = json.loads(meta_path.read_text())
-        missing = [
-            k for k in ("format", "arch", "codebook_size", "motion_offset", "templates") if k not in meta
-        ]
+        missing = [k for k in ("format", "arch", "codebook_size", "motion_offset", "templates") if k not in meta]
         if missing:
             raise ValueError(f"{meta_path}: missing keys {missing}")
         if meta["format"] != METADATA_FORMAT:

@@ -58,9 +58,7 @@ def info_nce_with_filtering(sim: Tensor, temperature: float, false_negatives: Te
     logits = sim / temperature
     if false_negatives is not None:
         if false_negatives.shape != sim.shape:
-            raise ValueError(
-                f"false_negatives has shape {tuple(false_negatives.shape)}, expected {tuple(sim.shape)}"
-            )
+            raise ValueError(f"false_negatives has shape {tuple(false_negatives.shape)}, expected {tuple(sim.shape)}")
         off_diagonal = ~torch.eye(n, dtype=torch.bool, device=sim.device)
         logits = logits.masked_fill(false_negatives.to(torch.bool) & off_diagonal, float("-inf"))
     labels = torch.arange(n, device=sim.device)
@@ -141,16 +139,12 @@ class RetrievalModel(nn.Module):
     Mean/Std it was trained with (stored in its weights file).
     """
 
-    def __init__(
-        self, config: RetrievalConfig, tokenizer: Tokenizer, mean: np.ndarray, std: np.ndarray
-    ) -> None:
+    def __init__(self, config: RetrievalConfig, tokenizer: Tokenizer, mean: np.ndarray, std: np.ndarray) -> None:
         super().__init__()
         mean = np.asarray(mean, dtype=np.float32)
         std = np.asarray(std, dtype=np.float32)
         if mean.ndim != 1 or mean.shape != std.shape:
-            raise ValueError(
-                f"mean and std must be (D,) vectors of one size, got {mean.shape} and {std.shape}"
-            )
+            raise ValueError(f"mean and std must be (D,) vectors of one size, got {mean.shape} and {std.shape}")
         if not (np.isfinite(mean).all() and np.isfinite(std).all()) or (std < 0).any():
             raise ValueError("mean and std must be finite and std non-negative")
         for token, token_id in ((PAD_TOKEN, PAD_ID), (UNK_TOKEN, UNK_ID)):
@@ -253,9 +247,7 @@ class RetrievalModel(nn.Module):
         """
         if isinstance(motions, Tensor):
             if motions.ndim != 3 or motions.shape[2] != self.motion_dim:
-                raise ValueError(
-                    f"motions has shape {tuple(motions.shape)}, expected (B, T, {self.motion_dim})"
-                )
+                raise ValueError(f"motions has shape {tuple(motions.shape)}, expected (B, T, {self.motion_dim})")
             full = torch.full((motions.shape[0],), motions.shape[1], dtype=torch.long)
             lengths = full if lengths is None else torch.as_tensor(lengths, dtype=torch.long)
             if lengths.shape != full.shape or (lengths < 1).any() or (lengths > motions.shape[1]).any():
@@ -267,9 +259,7 @@ class RetrievalModel(nn.Module):
         else:
             if lengths is not None:
                 raise ValueError("lengths is only for a padded tensor; a list of arrays carries its own")
-            batches = [
-                self.pad_motions(motions[i : i + batch_size]) for i in range(0, len(motions), batch_size)
-            ]
+            batches = [self.pad_motions(motions[i : i + batch_size]) for i in range(0, len(motions), batch_size)]
         with self._inference():
             chunks = [F.normalize(self.embed_motion(x, n), dim=-1) for x, n in batches]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.config.latent_dim, device=self.device)
@@ -287,9 +277,7 @@ class RetrievalModel(nn.Module):
         """(B,) TMR scores ``cos / 2 + 0.5`` in [0, 1] of the pairs (texts[i], motions[i]): SoPo's score."""
         n_motions = motions.shape[0] if isinstance(motions, Tensor) else len(motions)
         if len(texts) != n_motions:
-            raise ValueError(
-                f"score pairs texts with motions row by row: got {len(texts)} texts, {n_motions} motions"
-            )
+            raise ValueError(f"score pairs texts with motions row by row: got {len(texts)} texts, {n_motions} motions")
         cos = (self.encode_text(texts) * self.encode_motion(motions, lengths)).sum(-1)
         return cosine_to_score(cos).cpu().numpy()
 
@@ -337,7 +325,5 @@ class RetrievalModel(nn.Module):
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise ValueError(
-                f"{directory / WEIGHTS_FILE}: weights do not match {config_path}: {err}"
-            ) from None
+            raise ValueError(f"{directory / WEIGHTS_FILE}: weights do not match {config_path}: {err}") from None
         return model.to(device).eval()

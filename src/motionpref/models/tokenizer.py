@@ -60,7 +60,5 @@ def add_motion_tokens(tokenizer: PreTrainedTokenizerBase, codebook_size: int) ->
     offset = tokenizer.convert_tokens_to_ids(names[0])
     ids = tokenizer.convert_tokens_to_ids(names)
     if ids != list(range(offset, offset + len(names))):
-        raise ValueError(
-            f"motion token ids are not contiguous from {offset} ({names[0]}); tokenizer is corrupt"
-        )
+        raise ValueError(f"motion token ids are not contiguous from {offset} ({names[0]}); tokenizer is corrupt")
     return offset

@@ -143,9 +143,7 @@ class QuantizeEMAReset(nn.Module):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code (Euclidean) for each row of ``x`` (N, code_dim)."""
-        distance = (
-            x.pow(2).sum(-1, keepdim=True) - 2 * x @ self.codebook.t() + self.codebook.pow(2).sum(-1)[None, :]
-        )
+        distance = x.pow(2).sum(-1, keepdim=True) - 2 * x @ self.codebook.t() + self.codebook.pow(2).sum(-1)[None, :]
         return distance.argmin(dim=-1)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
@@ -199,9 +197,7 @@ class MotionVQVAE(nn.Module):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 3 or x.shape[-1] != self.config.feature_dim:
-            raise ValueError(
-                f"expected features (B, T, {self.config.feature_dim}), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected features (B, T, {self.config.feature_dim}), got shape {tuple(x.shape)}")
         if x.shape[1] < self.downsample:
             raise ValueError(f"need at least {self.downsample} frames to make one code, got {x.shape[1]}")
 
@@ -226,11 +222,7 @@ class MotionVQVAE(nn.Module):
         """Codes (B, N) in [0, nb_code) -> normalised features (B, 4N, D)."""
         if codes.ndim != 2 or codes.shape[1] < 1:
             raise ValueError(f"expected codes (B, N) with N >= 1, got shape {tuple(codes.shape)}")
-        if (
-            codes.dtype not in (torch.int64, torch.int32)
-            or codes.min() < 0
-            or codes.max() >= self.codebook_size
-        ):
+        if codes.dtype not in (torch.int64, torch.int32) or codes.min() < 0 or codes.max() >= self.codebook_size:
             raise ValueError(f"codes must be integers in [0, {self.codebook_size}), got {codes.dtype} "
                              f"in [{int(codes.min())}, {int(codes.max())}]")  # fmt: skip
         z = self.quantizer.dequantize(codes.long()).permute(0, 2, 1)
@@ -239,21 +231,15 @@ class MotionVQVAE(nn.Module):
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (replaced as a whole)."""
         with atomic_dir(directory) as tmp:
-            (tmp / CONFIG_FILE).write_text(
-                json.dumps(self.config.model_dump(), indent=2) + "\n", encoding="utf-8"
-            )
-            save_file(
-                {k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_FILE)
-            )
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2) + "\n", encoding="utf-8")
+            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_FILE))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MotionVQVAE:
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
-                raise FileNotFoundError(
-                    f"{directory / name}: missing (expected a VQ-VAE saved by MotionVQVAE.save)"
-                )
+                raise FileNotFoundError(f"{directory / name}: missing (expected a VQ-VAE saved by MotionVQVAE.save)")
         try:
             config_data = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:

@@ -81,15 +81,8 @@ def mirrored_id(clip_id: str) -> str:
 
 
 def _check_id(clip_id: str) -> None:
-    if (
-        not clip_id
-        or clip_id != clip_id.strip()
-        or any(c in clip_id for c in "/\\ \t\n")
-        or clip_id[0] == "."
-    ):
-        raise ValueError(
-            f"invalid clip id {clip_id!r}: expected a non-empty file stem without spaces or slashes"
-        )
+    if not clip_id or clip_id != clip_id.strip() or any(c in clip_id for c in "/\\ \t\n") or clip_id[0] == ".":
+        raise ValueError(f"invalid clip id {clip_id!r}: expected a non-empty file stem without spaces or slashes")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -241,9 +234,7 @@ def write_clip(
     _check_id(clip_id)
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or features.shape[1] != skeleton.feature_dim:
-        raise ValueError(
-            f"clip {clip_id}: expected features (T, {skeleton.feature_dim}), got {features.shape}"
-        )
+        raise ValueError(f"clip {clip_id}: expected features (T, {skeleton.feature_dim}), got {features.shape}")
     if not np.isfinite(features).all():
         raise ValueError(f"clip {clip_id}: features contain nan or inf")
     if joints is None:
@@ -390,9 +381,7 @@ def load_split(
     if min_len is None:
         min_len = DEFAULT_MIN_LEN.get(skeleton.name, 40)
     if unit_len < 1 or not 1 <= min_len <= max_len:
-        raise ValueError(
-            f"need unit_len >= 1 and 1 <= min_len <= max_len, got {unit_len}, {min_len}, {max_len}"
-        )
+        raise ValueError(f"need unit_len >= 1 and 1 <= min_len <= max_len, got {unit_len}, {min_len}, {max_len}")
     ids = read_split(root, split)
     entries: list[Entry] = []
     problems: list[str] = []
@@ -486,9 +475,7 @@ def _clip_problems(root: Path, clip_id: str, skeleton: Skeleton) -> list[str]:
         if joints.ndim != 3 or joints.shape[1:] != (skeleton.n_joints, 3):
             problems.append(f"{rel}: expected shape (T, {skeleton.n_joints}, 3), got {joints.shape}")
         elif n_frames is not None and joints.shape[0] != n_frames:
-            problems.append(
-                f"{rel}: has {joints.shape[0]} frames but {FEATURES_DIR}/{clip_id}.npy has {n_frames}"
-            )
+            problems.append(f"{rel}: has {joints.shape[0]} frames but {FEATURES_DIR}/{clip_id}.npy has {n_frames}")
     except DatasetError as err:
         problems += err.problems
     try:

@@ -95,9 +95,7 @@ def process_positions(joints: np.ndarray, skeleton: Skeleton = HUMANML3D) -> np.
     return rotate_y(p, -heading_angle(forward))
 
 
-def extract_features(
-    joints: np.ndarray, skeleton: Skeleton = HUMANML3D, feet_threshold: float = 0.002
-) -> np.ndarray:
+def extract_features(joints: np.ndarray, skeleton: Skeleton = HUMANML3D, feet_threshold: float = 0.002) -> np.ndarray:
     """Features (T-1, skeleton.feature_dim) float32 from joint positions (T, J, 3), metres, y-up."""
     return _features(process_positions(joints, skeleton), skeleton, feet_threshold)
 
@@ -192,9 +190,7 @@ def _features(p: np.ndarray, skeleton: Skeleton, feet_threshold: float) -> np.nd
         return (np.sum(step**2, axis=-1) < feet_threshold).astype(np.float64)
 
     r_hip, l_hip, r_sdr, l_sdr = skeleton.face_joints
-    across = (p[:, l_hip] - p[:, r_hip]) + (
-        p[:, r_sdr] - p[:, l_sdr]
-    )  # the release's ordering, see module doc
+    across = (p[:, l_hip] - p[:, r_hip]) + (p[:, r_sdr] - p[:, l_sdr])  # the release's ordering, see module doc
     across /= np.linalg.norm(across, axis=-1, keepdims=True)
     forward = gaussian_filter1d(np.cross(_UP, across), HEADING_SMOOTHING_SIGMA, axis=0, mode="nearest")
     theta = -heading_angle(forward)  # world->body yaw: turns each frame's forward onto +z
@@ -235,9 +231,7 @@ def _features(p: np.ndarray, skeleton: Skeleton, feet_threshold: float) -> np.nd
 
 def _chain_links(skeleton: Skeleton) -> list[tuple[int, int, int]]:
     """(joint, parent, reference) for joints 1..J-1: the reference is the parent, or 0 at a chain's start."""
-    return [
-        (b, a, 0 if a == chain[0] else a) for chain in skeleton.kinematic_chain for a, b in pairwise(chain)
-    ]
+    return [(b, a, 0 if a == chain[0] else a) for chain in skeleton.kinematic_chain for a, b in pairwise(chain)]
 
 
 def _uniform_skeleton(p: np.ndarray, skeleton: Skeleton) -> np.ndarray:
@@ -251,9 +245,7 @@ def _uniform_skeleton(p: np.ndarray, skeleton: Skeleton) -> np.ndarray:
         t, j = np.argwhere(lengths < 1e-8)[0]
         raise ValueError(f"joint {skeleton.joint_names[j]!r} coincides with its parent at frame {t}")
     knee, ankle = skeleton.leg_joints
-    scale = (skeleton.bone_lengths[knee] + skeleton.bone_lengths[ankle]) / (
-        lengths[0, knee] + lengths[0, ankle]
-    )
+    scale = (skeleton.bone_lengths[knee] + skeleton.bone_lengths[ankle]) / (lengths[0, knee] + lengths[0, ankle])
     new_bones = bones * (skeleton.bone_lengths / lengths)[..., None]
     new_bones[:, 0] = 0.0
     # each joint is the root plus the bones on its path from the root: one matrix product over the tree
@@ -272,8 +264,7 @@ def _check_joints(joints: np.ndarray, skeleton: Skeleton) -> np.ndarray:
     joints = np.asarray(joints, dtype=np.float64)
     if joints.ndim != 3 or joints.shape[1:] != (skeleton.n_joints, 3):
         raise ValueError(
-            f"joints must have shape (T, {skeleton.n_joints}, 3) for skeleton {skeleton.name!r}, "
-            f"got {joints.shape}"
+            f"joints must have shape (T, {skeleton.n_joints}, 3) for skeleton {skeleton.name!r}, got {joints.shape}"
         )
     if len(joints) < 2:
         raise ValueError(f"need at least 2 frames to compute velocities, got {len(joints)}")

@@ -354,12 +354,8 @@ def _parse_asf(path: Path) -> _Asf:
         elif section == ":root":
             if key == "order":
                 asf.root_order = tuple(t.upper() for t in tokens[1:])
-                if len(set(asf.root_order)) != len(asf.root_order) or not set(asf.root_order) <= set(
-                    _ROOT_DOFS
-                ):
-                    raise MocapFormatError(
-                        path, number, f"root order takes distinct {_ROOT_DOFS}, got {text!r}"
-                    )
+                if len(set(asf.root_order)) != len(asf.root_order) or not set(asf.root_order) <= set(_ROOT_DOFS):
+                    raise MocapFormatError(path, number, f"root order takes distinct {_ROOT_DOFS}, got {text!r}")
             elif key == "axis":
                 asf.root_axis_order = _axis_order(path, number, tokens[1:])
             elif key == "position":
@@ -440,9 +436,7 @@ def _bonedata_line(
 
 
 def _parse_amc(path: Path, asf: _Asf) -> tuple[dict[str, np.ndarray], bool]:
-    sizes = {"root": len(asf.root_order)} | {
-        n: len(asf.bones[n].dofs) for n in asf.order[1:] if asf.bones[n].dofs
-    }
+    sizes = {"root": len(asf.root_order)} | {n: len(asf.bones[n].dofs) for n in asf.order[1:] if asf.bones[n].dofs}
     frames: list[dict[str, np.ndarray]] = []
     frame_lines: list[int] = []
     degrees = asf.degrees
@@ -459,9 +453,7 @@ def _parse_amc(path: Path, asf: _Asf) -> tuple[dict[str, np.ndarray], bool]:
             if frames:
                 _check_frame(path, frame_lines[-1], frames[-1], sizes)
             if int(tokens[0]) != len(frames) + 1:
-                raise MocapFormatError(
-                    path, number, f"expected frame {len(frames) + 1}, got frame {tokens[0]}"
-                )
+                raise MocapFormatError(path, number, f"expected frame {len(frames) + 1}, got frame {tokens[0]}")
             frames.append({})
             frame_lines.append(number)
             continue

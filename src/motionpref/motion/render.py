@@ -112,8 +112,7 @@ class _Panel:
         (self.path,) = ax.plot([], [], color="#8a8a8a", lw=max(1.0, px * 0.008), zorder=1, alpha=0.8)
         width = max(1.5, px * 0.028)
         self.chains = [
-            ax.plot([], [], color=c, lw=width, solid_capstyle="round", zorder=3)[0]
-            for c in _chain_colours(skeleton)
+            ax.plot([], [], color=c, lw=width, solid_capstyle="round", zorder=3)[0] for c in _chain_colours(skeleton)
         ]
         self.head_joint = skeleton.joint_names.index("head")
         head_pt = 2 * _HEAD_RADIUS * px * 72 / 100  # marker size is in points, 72 to the 100-dpi inch
@@ -180,9 +179,7 @@ class _View:
         return self.size / (2 * self.half)
 
 
-def _view(
-    joint_sets: Sequence[np.ndarray], skeleton: Skeleton, floor_y: float | None, size: int, fps: float
-) -> _View:
+def _view(joint_sets: Sequence[np.ndarray], skeleton: Skeleton, floor_y: float | None, size: int, fps: float) -> _View:
     head = skeleton.joint_names.index("head")
     # The pelvis-to-head distance (~0.6 m in both skeletons) tells metres from centi- or millimetres.
     trunk = np.nanmedian(np.concatenate([np.linalg.norm(j[:, head] - j[:, 0], axis=-1) for j in joint_sets]))
@@ -237,9 +234,7 @@ def render_frames(
     camera = _Camera(azimuth, elevation, distance=8.0 * view.unit)
     fig = Figure(figsize=(n * size / 100, size / 100), dpi=100, facecolor="white")
     canvas = FigureCanvasAgg(fig)
-    caption_lines = textwrap.wrap(
-        caption, width=max(20, int(n * size / 6.2)), max_lines=3, placeholder=" ..."
-    )
+    caption_lines = textwrap.wrap(caption, width=max(20, int(n * size / 6.2)), max_lines=3, placeholder=" ...")
     # Panel titles sit under the caption, which spans all panels at the top.
     title_y = 0.97 - 0.055 * len(caption_lines) * 320 / size
     panels = []
@@ -322,9 +317,7 @@ def render_motion(
     """
     joints = _to_joints(motion, skeleton)
     indices, rate = _playback(len(joints), every, fps, skeleton)
-    frames = render_frames(
-        joints, title, None, skeleton, size=size, frame_indices=indices, floor_y=floor_y, fps=fps
-    )
+    frames = render_frames(joints, title, None, skeleton, size=size, frame_indices=indices, floor_y=floor_y, fps=fps)
     return write_video(frames, out_path, rate)
 
 

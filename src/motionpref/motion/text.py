@@ -82,9 +82,7 @@ class Caption:
         for name in ("start", "end"):
             value = getattr(self, name)
             if math.isinf(value) or (not math.isnan(value) and value < 0):
-                raise CaptionFormatError(
-                    f"{name} must be a non-negative number of seconds or nan, got {value}"
-                )
+                raise CaptionFormatError(f"{name} must be a non-negative number of seconds or nan, got {value}")
 
     @property
     def words(self) -> list[str]:
@@ -109,9 +107,7 @@ class Caption:
         return int(start * fps), int(end * fps)
 
 
-def parse_caption_line(
-    line: str, path: str | os.PathLike | None = None, lineno: int | None = None
-) -> Caption:
+def parse_caption_line(line: str, path: str | os.PathLike | None = None, lineno: int | None = None) -> Caption:
     """One ``caption#tokens#start#end`` line; errors name ``path:lineno`` when given."""
     where = f"{path if path is not None else '<line>'}" + (f":{lineno}" if lineno is not None else "")
     stripped = line.strip()
@@ -119,8 +115,7 @@ def parse_caption_line(
     parts = stripped.rsplit("#", 3)
     if len(parts) != 4:
         raise CaptionFormatError(
-            f"{where}: expected 4 '#'-separated fields caption#word/POS ...#start#end, "
-            f"got {len(parts)}: {stripped!r}"
+            f"{where}: expected 4 '#'-separated fields caption#word/POS ...#start#end, got {len(parts)}: {stripped!r}"
         )
     text, tokens, start_s, end_s = parts
     try:
@@ -152,9 +147,7 @@ def format_caption_line(caption: Caption) -> str:
 def read_text_file(path: str | os.PathLike) -> list[Caption]:
     """All captions of a ``texts/<id>.txt`` file; blank lines are skipped."""
     with open(path, encoding="utf-8") as f:
-        return [
-            parse_caption_line(line, path=path, lineno=i) for i, line in enumerate(f, start=1) if line.strip()
-        ]
+        return [parse_caption_line(line, path=path, lineno=i) for i, line in enumerate(f, start=1) if line.strip()]
 
 
 def write_text_file(path: str | os.PathLike, captions: Iterable[Caption]) -> None:
@@ -169,9 +162,7 @@ _MIRROR_WORDS = {
     "leftwards": "rightwards", "rightwards": "leftwards",
     "clockwise": "counterclockwise", "counterclockwise": "clockwise", "anticlockwise": "clockwise",
 }  # fmt: skip
-_MIRROR_RE = re.compile(
-    r"\b(" + "|".join(sorted(_MIRROR_WORDS, key=len, reverse=True)) + r")\b", re.IGNORECASE
-)
+_MIRROR_RE = re.compile(r"\b(" + "|".join(sorted(_MIRROR_WORDS, key=len, reverse=True)) + r")\b", re.IGNORECASE)
 
 
 def _mirror_word(word: str) -> str:

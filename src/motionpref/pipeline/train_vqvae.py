@@ -38,9 +38,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         model.load_state_dict(state)
         model.save(out)
         val = [(e.features - mean) / std for e in entries["val"]]
-        metrics = {
-            f"val_{k}": v for k, v in evaluate_vqvae(model.eval(), val, mean, std, spec.skeleton).items()
-        }
+        metrics = {f"val_{k}": v for k, v in evaluate_vqvae(model.eval(), val, mean, std, spec.skeleton).items()}
     else:
         model_config = params.vqvae.model.model_copy(update={"feature_dim": spec.skeleton.feature_dim})
         metrics = train_vqvae(

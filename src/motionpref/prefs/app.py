@@ -476,9 +476,7 @@ def build_ui(store: LabelStore, require_login: bool = False) -> gr.Blocks:
                 if written:
                     message = f"Saved: `{pair_id}` {_describe(choice, degree)}."
                 else:
-                    message = (
-                        f"`{pair_id}` was already judged by {labeler} (another tab?); not recorded twice."
-                    )
+                    message = f"`{pair_id}` was already judged by {labeler} (another tab?); not recorded twice."
                 return show_pair(labeler, message)
 
             return on_submit
@@ -522,9 +520,7 @@ def build_app(
 ) -> gr.Blocks:
     """The labeling page for ``pairs`` (paths in it relative to ``root``); see the module docstring.
     :func:`launch` serves it with the JSON API and login; alone, give it ``.launch(css=PAGE_CSS)``."""
-    store = LabelStore(
-        pairs, labels_dir, previews_dir, root=root, shuffle_seed=shuffle_seed, preview_size=preview_size
-    )
+    store = LabelStore(pairs, labels_dir, previews_dir, root=root, shuffle_seed=shuffle_seed, preview_size=preview_size)
     return build_ui(store, require_login)
 
 
@@ -646,9 +642,7 @@ def launch(
         preview_size=preview_size,
         source=str(pairs_path),
     )
-    print(
-        f"labeling {store.total} pairs at http://{host}:{port}/ (login {'on' if auth else 'off'})", flush=True
-    )
+    print(f"labeling {store.total} pairs at http://{host}:{port}/ (login {'on' if auth else 'off'})", flush=True)
     try:
         uvicorn.run(create_app(store, auth), host=host, port=port, log_level="warning")
     finally:

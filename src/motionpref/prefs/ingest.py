@@ -103,9 +103,7 @@ def _degree_vote(votes: Sequence[Judgment]) -> Degree:
     return next(d for d in DEGREES if counts.get(d) == top)
 
 
-def _resolve(
-    ordered: list[Judgment], votes: list[Judgment], rule: Rule
-) -> tuple[Choice, Degree | None, Source] | None:
+def _resolve(ordered: list[Judgment], votes: list[Judgment], rule: Rule) -> tuple[Choice, Degree | None, Source] | None:
     """(choice, degree, source) of a pair under `rule`, or None when the rule drops it as a conflict."""
     if rule == "last_wins":
         last = ordered[-1]
@@ -182,9 +180,7 @@ def ingest(
         for lineno, raw, item in scan_labels(path):
             if isinstance(item, Judgment):
                 if item.pair_id not in prompts:
-                    item = LabelError(
-                        path, lineno, f"unknown pair_id {item.pair_id!r} (not in the pairs table)"
-                    )
+                    item = LabelError(path, lineno, f"unknown pair_id {item.pair_id!r} (not in the pairs table)")
                 elif item.prompt != prompts[item.pair_id]:
                     item = LabelError(
                         path,
@@ -296,9 +292,7 @@ def stats_markdown(stats: dict[str, Any]) -> str:
         lines.append(f"| {degree} | {row['pairs']:,} | {_percent(row['share'])} |")
     lines.append(f"| skipped | {stats['skipped']['pairs']:,} | {_percent(stats['skipped']['share'])} |")
     conflicts = stats["conflicts"]
-    lines.append(
-        f"| conflict (dropped) | {conflicts['dropped']:,} | {_percent(conflicts['share_dropped'])} |"
-    )
+    lines.append(f"| conflict (dropped) | {conflicts['dropped']:,} | {_percent(conflicts['share_dropped'])} |")
     total = "100.0%" if stats["pairs_judged"] else "0.0%"
     lines.append(f"| **total** | {stats['pairs_judged']:,} | {total} |")
     agreement = stats["agreement"]
@@ -312,8 +306,7 @@ def stats_markdown(stats: dict[str, Any]) -> str:
         f"- conflicts: {conflicts['disagreeing_pairs']:,} pairs with disagreeing votes, "
         f"{conflicts['dropped']:,} dropped",
         f"- quarantined lines: {stats['quarantined_lines']:,}",
-        f"- preferences: {stats['preferences']:,} (train {stats['split']['train']:,}, "
-        f"val {stats['split']['val']:,})",
+        f"- preferences: {stats['preferences']:,} (train {stats['split']['train']:,}, val {stats['split']['val']:,})",
     ]
     return "\n".join(lines) + "\n"
 

@@ -81,9 +81,7 @@ def token_path(features: str) -> str:
     return features.removesuffix(".npy").replace("features", "tokens") + "_token.npy"
 
 
-def _field(
-    record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, path: Path, n: int
-) -> Any:
+def _field(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, path: Path, n: int) -> Any:
     if key not in record:
         raise LabelError(path, n, f"{where}missing key {key!r}")
     value = record[key]
@@ -101,9 +99,7 @@ def _load_tokens(root: Path, features: str, path: Path, n: int) -> list[int]:
     if tokens.ndim == 2 and tokens.shape[0] == 1:
         tokens = tokens[0]
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise LabelError(
-            path, n, f"{file}: expected integer tokens of shape (1, N) or (N,), got {tokens.shape}"
-        )
+        raise LabelError(path, n, f"{file}: expected integer tokens of shape (1, N) or (N,), got {tokens.shape}")
     return [int(t) for t in tokens]
 
 
@@ -172,9 +168,7 @@ def read_instructmotion(path: str | Path, root: str | Path | None = None) -> Ins
             id_key = "id" if "id" in record else "ID"
             pair_id = f"im-{_field(record, id_key, (int, str), '', path, n)}"
             if pair_id in seen:
-                raise LabelError(
-                    path, n, f"duplicate {id_key} {record[id_key]!r} (first on line {seen[pair_id]})"
-                )
+                raise LabelError(path, n, f"duplicate {id_key} {record[id_key]!r} (first on line {seen[pair_id]})")
             seen[pair_id] = n
             prompt = _field(record, "prompt", str, "", path, n)
             samples = []
@@ -222,9 +216,7 @@ def write_import(imported: InstructMotionImport, labels_path: str | Path, pairs_
     writers = {pairs_path: parquet_writer(imported.pairs, PAIRS_SCHEMA)}
     if labels_path.exists():
         if labels_path.read_bytes() != lines:
-            raise FileExistsError(
-                f"{labels_path} exists with other judgments; label files are never rewritten"
-            )
+            raise FileExistsError(f"{labels_path} exists with other judgments; label files are never rewritten")
     else:
         writers[labels_path] = text_writer(lines.decode("utf-8"))
     write_atomically(writers)

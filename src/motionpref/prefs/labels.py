@@ -129,9 +129,7 @@ def parse_judgment(line: bytes | str, path: str | Path, lineno: int) -> Judgment
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise LabelError(
-                path, lineno, f"not valid UTF-8 (byte {line[e.start]:#04x} at {e.start})"
-            ) from None
+            raise LabelError(path, lineno, f"not valid UTF-8 (byte {line[e.start]:#04x} at {e.start})") from None
     else:
         text = line
     try:
@@ -161,9 +159,7 @@ def scan_labels(path: str | Path) -> Iterator[tuple[int, bytes, Judgment | Label
                 yield lineno, raw, parse_judgment(raw.rstrip(b"\r\n"), path, lineno)
             except LabelError as e:
                 if not raw.endswith(b"\n"):
-                    e = LabelError(
-                        path, lineno, f"truncated last line (no newline at end of file): {e.reason}"
-                    )
+                    e = LabelError(path, lineno, f"truncated last line (no newline at end of file): {e.reason}")
                 yield lineno, raw, e
 
 

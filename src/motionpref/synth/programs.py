@@ -129,9 +129,7 @@ class Segment:
         else:
             lo, hi = spec.count_range
             if not isinstance(self.count, int) or isinstance(self.count, bool) or not lo <= self.count <= hi:
-                raise ProgramError(
-                    f"{where}.count: {spec.name} takes {spec.count} in {lo}..{hi}, got {self.count!r}"
-                )
+                raise ProgramError(f"{where}.count: {spec.name} takes {spec.count} in {lo}..{hi}, got {self.count!r}")
         for name, allowed in (("side", spec.sides), ("direction", spec.directions), ("angle", spec.angles)):
             value = getattr(self, name)
             if allowed and value not in allowed:
@@ -227,9 +225,7 @@ class Program:
                 raise ProgramError(f"segments[{i}]: expected an object with a 'primitive' name, got {raw!r}")
             unknown = set(raw) - allowed
             if unknown:
-                raise ProgramError(
-                    f"segments[{i}]: unknown field(s) {sorted(unknown)}; allowed {sorted(allowed)}"
-                )
+                raise ProgramError(f"segments[{i}]: unknown field(s) {sorted(unknown)}; allowed {sorted(allowed)}")
             segments.append(Segment(**raw))
         program = cls(tuple(segments))
         program.validate()

@@ -88,9 +88,7 @@ def _check_entries(entries: Sequence[CaptionedClip], name: str, config: Evaluato
         if e.features.ndim != 2 or e.features.shape[1] != dim:
             raise ValueError(f"{name}[{i}]: expected features (T, {dim}), got shape {e.features.shape}")
         if len(e.features) < config.unit_length:
-            raise ValueError(
-                f"{name}[{i}]: has {len(e.features)} frames, fewer than unit_length={config.unit_length}"
-            )
+            raise ValueError(f"{name}[{i}]: has {len(e.features)} frames, fewer than unit_length={config.unit_length}")
         if not e.captions:
             raise ValueError(f"{name}[{i}]: has no caption")
 
@@ -110,9 +108,7 @@ def validation_losses(
     sums = {"loss": 0.0, "loss_pos": 0.0, "loss_neg": 0.0, "dist_pos": 0.0, "dist_neg": 0.0}
     n_batches = len(entries) // batch_size
     for b in range(n_batches):
-        text, (motions, lengths) = _pair_batch(
-            model, entries, range(b * batch_size, (b + 1) * batch_size), rng
-        )
+        text, (motions, lengths) = _pair_batch(model, entries, range(b * batch_size, (b + 1) * batch_size), rng)
         t, m = model.embed_text(*text), model.embed_motion(motions, lengths)
         loss, pos, neg = matching_loss(t, m, 1, margin)
         sums["loss"] += loss.item()
@@ -143,9 +139,7 @@ def _train_movement_autoencoder(
     for step in track(range(cfg.decomp_steps), description="evaluator: movement AE", total=cfg.decomp_steps):
         idx = rng.integers(0, len(usable), size=cfg.batch_size)
         starts = [int(rng.integers(0, len(usable[i]) - cfg.decomp_window + 1)) for i in idx]
-        x = torch.from_numpy(
-            np.stack([usable[i][s : s + cfg.decomp_window] for i, s in zip(idx, starts, strict=True)])
-        )
+        x = torch.from_numpy(np.stack([usable[i][s : s + cfg.decomp_window] for i, s in zip(idx, starts, strict=True)]))
         latents = model.movement_encoder(x[..., :-N_CONTACTS])
         loss = movement_ae_loss(decoder(latents), x, latents, cfg.lambda_sparsity, cfg.lambda_smooth)
         optimiser.zero_grad(set_to_none=True)
@@ -177,37 +171,27 @@ def train_evaluator(
     if model_config.word_vectors != "learned":
         raise ValueError("train_evaluator trains learned word vectors; use Evaluator.from_t2m for GloVe")
     if model_config.feature_dim != skeleton.feature_dim:
-        raise ValueError(
-            f"model feature_dim {model_config.feature_dim} != {skeleton.name} {skeleton.feature_dim}"
-        )
+        raise ValueError(f"model feature_dim {model_config.feature_dim} != {skeleton.name} {skeleton.feature_dim}")
     if len(train) < train_config.batch_size:
-        raise ValueError(
-            f"need at least batch_size={train_config.batch_size} training entries, got {len(train)}"
-        )
+        raise ValueError(f"need at least batch_size={train_config.batch_size} training entries, got {len(train)}")
     _check_entries(train, "train", model_config)
     _check_entries(val, "val", model_config)
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mean, std = compute_mean_std([e.features for e in train], skeleton)
-    model = Evaluator(
-        model_config, build_vocab([c for e in train for c in e.captions], train_config.min_word_count)
-    )
+    model = Evaluator(model_config, build_vocab([c for e in train for c in e.captions], train_config.min_word_count))
     model.set_stats(mean, std)
     normalised = [(np.asarray(e.features, np.float32) - mean) / std for e in train]
 
     metrics: dict[str, float] = {}
     if train_config.decomp_steps:
-        metrics["movement_ae_loss"] = _train_movement_autoencoder(
-            model, normalised, train_config, rng, log_metric
-        )
+        metrics["movement_ae_loss"] = _train_movement_autoencoder(model, normalised, train_config, rng, log_metric)
     model.movement_encoder.requires_grad_(False)
 
     text_params = list(model.word_emb.parameters()) + list(model.text_encoder.parameters())
     motion_params = list(model.motion_encoder.parameters())
-    optimiser = torch.optim.Adam(
-        [p for p in text_params + motion_params if p.requires_grad], lr=train_config.lr
-    )
+    optimiser = torch.optim.Adam([p for p in text_params + motion_params if p.requires_grad], lr=train_config.lr)
     val_seed = int(rng.integers(2**31))
     best = {"loss": float("inf")}
     best_state = copy.deepcopy(model.state_dict())

@@ -38,23 +38,17 @@ class PolicyExample:
     codes: tuple[int, ...]
 
 
-def load_examples(
-    entries: Sequence[Entry], tokens_dir: str | Path, codebook_size: int
-) -> list[PolicyExample]:
+def load_examples(entries: Sequence[Entry], tokens_dir: str | Path, codebook_size: int) -> list[PolicyExample]:
     """Pair each dataset entry's captions with ``<tokens_dir>/<entry.name>.npy`` (int64 codes (N,))."""
     tokens_dir = Path(tokens_dir)
     examples = []
     for entry in entries:
         path = tokens_dir / f"{entry.name}.npy"
         if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: no motion tokens for dataset entry {entry.name!r} (train_vqvae)"
-            )
+            raise FileNotFoundError(f"{path}: no motion tokens for dataset entry {entry.name!r} (train_vqvae)")
         codes = np.load(path, allow_pickle=False)
         if codes.ndim != 1 or not np.issubdtype(codes.dtype, np.integer) or codes.size == 0:
-            raise ValueError(
-                f"{path}: expected a non-empty 1-D integer array, got {codes.dtype} {codes.shape}"
-            )
+            raise ValueError(f"{path}: expected a non-empty 1-D integer array, got {codes.dtype} {codes.shape}")
         out_of_range = codes[(codes < 0) | (codes >= codebook_size)]
         if out_of_range.size:
             raise ValueError(f"{path}: code {int(out_of_range[0])} outside [0, {codebook_size})")
@@ -70,9 +64,7 @@ def _batches(n: int, size: int) -> list[range]:
 
 
 @torch.no_grad()
-def evaluate_policy(
-    policy: MotionPolicy, examples: Sequence[PolicyExample], batch_size: int = 64
-) -> dict[str, float]:
+def evaluate_policy(policy: MotionPolicy, examples: Sequence[PolicyExample], batch_size: int = 64) -> dict[str, float]:
     """Token-mean cross-entropy and next-token accuracy of the answers, every caption, default template."""
     pairs = [(policy.prompt(c), ex.codes) for ex in examples for c in ex.captions]
     if not pairs:
@@ -115,9 +107,7 @@ def train_policy(
     rng = random.Random(seed)  # caption and template choices
     order_gen = torch.Generator().manual_seed(seed)
     model = policy.model
-    optimiser = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
-    )
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:

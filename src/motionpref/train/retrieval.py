@@ -171,13 +171,10 @@ def train_retrieval(
     config = train_config or RetrievalTrainConfig()
     if len(train_entries) < 2 or len(val_entries) < 2:
         raise ValueError(
-            "need at least 2 training and 2 validation entries, "
-            f"got {len(train_entries)} and {len(val_entries)}"
+            f"need at least 2 training and 2 validation entries, got {len(train_entries)} and {len(val_entries)}"
         )
     if train_groups is not None and len(train_groups) != len(train_entries):
-        raise ValueError(
-            f"train_groups has {len(train_groups)} keys for {len(train_entries)} training entries"
-        )
+        raise ValueError(f"train_groups has {len(train_groups)} keys for {len(train_entries)} training entries")
     mean = np.asarray(mean, dtype=np.float32)
     _check_entries(train_entries, mean.shape[0], "training")
     _check_entries(val_entries, mean.shape[0], "validation")
@@ -187,9 +184,7 @@ def train_retrieval(
     torch.manual_seed(seed)
     tokenizer = build_tokenizer([text for texts in train_texts for text in texts])
     model = RetrievalModel(model_config, tokenizer, mean, std).to(device)
-    word_ids = {
-        text: tokenizer.encode(text).ids[: model_config.max_words] for texts in train_texts for text in texts
-    }
+    word_ids = {text: tokenizer.encode(text).ids[: model_config.max_words] for texts in train_texts for text in texts}
     idf = tfidf_idf(list(word_ids.values()), tokenizer.get_vocab_size())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     val_order = rng.permutation(len(val_entries))

@@ -81,9 +81,7 @@ def normalise_clips(clips: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarr
     return out
 
 
-def _sample_windows(
-    clips: list[np.ndarray], batch: int, window: int, rng: np.random.Generator
-) -> torch.Tensor:
+def _sample_windows(clips: list[np.ndarray], batch: int, window: int, rng: np.random.Generator) -> torch.Tensor:
     # As T2M-GPT's VQ dataset: a clip uniformly at random, then a window at a uniform offset in it.
     idx = rng.integers(0, len(clips), size=batch)
     starts = [int(rng.integers(0, len(clips[i]) - window + 1)) for i in idx]

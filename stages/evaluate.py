@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: the same code as `motionpref evaluate` (motionpref.pipeline.evaluate)."""
+"""DVC stage `evaluate`: the same code as `motionpref evaluate`."""
 
 import sys
 

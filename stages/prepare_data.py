@@ -1,4 +1,4 @@
-"""DVC stage `prepare_data`: the same code as `motionpref prepare-data` (motionpref.pipeline.prepare_data)."""
+"""DVC stage `prepare_data`: the same code as `motionpref prepare-data`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""DVC stage `train_evaluator`: the same code as `motionpref train-evaluator` (motionpref.pipeline.train_evaluator)."""
+"""DVC stage `train_evaluator`: the same code as `motionpref train-evaluator`."""
 
 import sys
 

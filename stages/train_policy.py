@@ -1,4 +1,4 @@
-"""DVC stage `train_policy`: the same code as `motionpref train-policy` (motionpref.pipeline.train_policy)."""
+"""DVC stage `train_policy`: the same code as `motionpref train-policy`."""
 
 import sys
 

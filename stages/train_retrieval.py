@@ -1,4 +1,4 @@
-"""DVC stage `train_retrieval`: the same code as `motionpref train-retrieval` (motionpref.pipeline.train_retrieval)."""
+"""DVC stage `train_retrieval`: the same code as `motionpref train-retrieval`."""
 
 import sys
 

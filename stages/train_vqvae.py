@@ -1,4 +1,4 @@
-"""DVC stage `train_vqvae`: the same code as `motionpref train-vqvae` (motionpref.pipeline.train_vqvae)."""
+"""DVC stage `train_vqvae`: the same code as `motionpref train-vqvae`."""
 
 import sys
 

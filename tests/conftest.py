@@ -15,9 +15,10 @@ def cmu_dir() -> Path:
     return CMU_DIR
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _one_torch_thread() -> None:
-    # tiny models gain nothing from intra-op threads, and two threads on shared cores thrash
+    # tiny models gain nothing from intra-op threads, and two threads on shared cores thrash; per test, since
+    # a stage run inside a test sets the thread count from params
     import torch
 
     torch.set_num_threads(1)

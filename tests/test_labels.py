@@ -126,6 +126,7 @@ def test_writer_appends_after_a_crashed_line_without_touching_it(tmp_path: Path)
         writer.write(Judgment(**record(pair_id="p3")))
     data = path.read_bytes()
     assert data.startswith(old)  # appended, never rewritten
+    assert labeled_pair_ids(path) == {"p0", "p2", "p3"}  # the torn line, now ended, still does not block resuming
     items = list(scan_labels(path))
     assert isinstance(items[1][2], LabelError) and items[1][0] == 2
     assert [(n, j.pair_id) for n, _, j in items if isinstance(j, Judgment)] == [

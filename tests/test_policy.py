@@ -26,15 +26,6 @@ CAPTIONS = [
 ARCHS = ["t5", "causal"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models are slower with two threads when other work shares the two cores (thread oversubscription).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_policy(arch: str = "t5", seed: int = 0, dropout: float = 0.0) -> MotionPolicy:
     config = PolicyConfig(arch=arch, codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=dropout)
     return MotionPolicy.from_scratch(config, CAPTIONS, seed=seed)
@@ -168,6 +159,19 @@ def test_invalid_generations_are_reported(policy: MotionPolicy) -> None:
         policy.sample(CAPTIONS[:1], [0], temperature=0.0)
     with pytest.raises(ValueError, match="seeds"):
         policy.sample(CAPTIONS[:2], [0])
+
+
+def test_constrained_decoding_emits_only_motion_grammar(policy: MotionPolicy) -> None:
+    # An untrained model puts words anywhere; constrained, every output is start, codes, end (or runs out).
+    free = policy.sample(CAPTIONS * 4, list(range(16)), max_new_tokens=40, constrained=False)
+    bound = policy.sample(CAPTIONS * 4, list(range(16)), max_new_tokens=40)
+    code_ids = range(policy.motion_offset, policy.motion_offset + K)
+    assert bound.n_invalid < free.n_invalid
+    for ids, ok in zip(bound.token_ids, bound.valid, strict=True):
+        assert ids[0] == policy.start_id
+        body = ids[1 : ids.index(policy.end_id)] if ok else ids[1:]
+        assert all(t in code_ids for t in body)
+        assert ok or len(ids) == 40  # only running out of tokens makes a constrained sample invalid
 
 
 def test_save_load_round_trip_gives_identical_logits(policy: MotionPolicy, tmp_path) -> None:

@@ -16,14 +16,6 @@ EXTRA_IDS = 4
 VOCAB_PADDING = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def flan_dir(tmp_path_factory: pytest.TempPathFactory):
     """A tiny flan-t5-like folder: sentencepiece-style (Unigram + Metaspace) T5 tokenizer + T5 config."""

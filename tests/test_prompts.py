@@ -14,12 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from motionpref.config import LLMEndpoint
 from motionpref.motion.text import parse_caption_line
 from motionpref.prefs.prompts import (
     COLUMNS,
     Candidate,
     Deduper,
-    LLMEndpoint,
     PromptError,
     Recombiner,
     generate_prompts,
@@ -332,7 +332,9 @@ def fake_llm() -> Iterator[FakeLLM]:
 
 def test_llm_request_happy_path(fake_llm, monkeypatch):
     monkeypatch.setenv("FAKE_LLM_KEY", "sk-test")
-    endpoint = LLMEndpoint(fake_llm.base_url + "/", "tiny-model", api_key_env="FAKE_LLM_KEY", batch_size=2)
+    endpoint = LLMEndpoint(
+        base_url=fake_llm.base_url + "/", model="tiny-model", api_key_env="FAKE_LLM_KEY", batch_size=2
+    )
     examples = ["a person walks forward slowly.", "a man waves his right hand."]
     assert request_prompts(endpoint, examples, 2, seed=11) == fake_llm.reply
     path, headers, body = fake_llm.requests[0]
@@ -343,7 +345,7 @@ def test_llm_request_happy_path(fake_llm, monkeypatch):
 
 
 def test_llm_errors_name_the_url_and_the_problem(fake_llm, monkeypatch):
-    endpoint = LLMEndpoint(fake_llm.base_url, "tiny-model", timeout_s=0.2)
+    endpoint = LLMEndpoint(base_url=fake_llm.base_url, model="tiny-model", timeout_s=0.2)
     url = re.escape(fake_llm.base_url + "/chat/completions")
     fake_llm.mode = "error"
     with pytest.raises(PromptError, match=rf"{url} answered HTTP 500 .*model overloaded"):
@@ -357,14 +359,14 @@ def test_llm_errors_name_the_url_and_the_problem(fake_llm, monkeypatch):
     fake_llm.mode = "slow"
     with pytest.raises(PromptError, match=rf"{url}: no answer within 0.2 s"):
         request_prompts(endpoint, ["a person walks."], 3)
-    wrong = LLMEndpoint(fake_llm.base_url.replace("/v1", "/v2"), "tiny-model")
+    wrong = LLMEndpoint(base_url=fake_llm.base_url.replace("/v1", "/v2"), model="tiny-model")
     with pytest.raises(PromptError, match="HTTP 404"):
         request_prompts(wrong, ["a person walks."], 3)
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(PromptError, match="NO_SUCH_KEY_VAR"):
-        request_prompts(LLMEndpoint(fake_llm.base_url, "m", api_key_env="NO_SUCH_KEY_VAR"), ["x"], 1)
+        request_prompts(LLMEndpoint(base_url=fake_llm.base_url, model="m", api_key_env="NO_SUCH_KEY_VAR"), ["x"], 1)
     with pytest.raises(ValueError, match="http"):
-        LLMEndpoint("127.0.0.1:8000", "m")
+        LLMEndpoint(base_url="127.0.0.1:8000", model="m")
 
 
 def test_parse_reply_reads_lists_objects_and_lines():
@@ -384,7 +386,7 @@ def test_llm_backend_in_generate_prompts(fake_llm, real_root):
         "someone crawls forward on the floor",
         "a person does a cartwheel to the left",
     ]
-    endpoint = LLMEndpoint(fake_llm.base_url, "tiny-model", batch_size=5, n_examples=3)
+    endpoint = LLMEndpoint(base_url=fake_llm.base_url, model="tiny-model", batch_size=5, n_examples=3)
     table, stats = generate_prompts(real_root, {"llm": 3}, seed=0, llm=endpoint)
     assert table["text"].tolist() == fake_llm.reply[1:2] + fake_llm.reply[3:]
     assert set(table["source"]) == {"llm"} and table["program"].isna().all()

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,15 +66,6 @@ def _fresh_model(seed: int = 0) -> RetrievalModel:
     torch.manual_seed(seed)
     tokenizer = build_tokenizer([c for caps in CLASS_CAPTIONS for c in caps])
     return RetrievalModel(TINY, tokenizer, np.full(D, 5.0), np.full(D, 2.0)).eval()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # These models are tiny: a second intra-op thread only adds spin-waiting when the cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _train(

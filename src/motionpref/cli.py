@@ -24,24 +24,30 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _run(name: str, params: Path, item: str | None = None) -> None:
+    """Run a stage; input problems a user can fix end in their message and exit code 2, not a traceback."""
+    from motionpref.motion.dataset import DatasetError
+    from motionpref.prefs.labels import LabelError
+    from motionpref.synth.programs import ProgramError
+
+    try:
+        run_stage(name, params, item=item)
+    except (ConfigError, DatasetError, LabelError, ProgramError, FileNotFoundError) as e:
+        _fail(f"{name}{'@' + item if item else ''}: {e}")
+
+
 def _stage_command(name: str) -> None:
     if name in ITEM_STAGES:
 
         def command(
             item: Annotated[str, typer.Argument(help="which model")], params: ParamsOption = Path("params.yaml")
-        ) -> None:  # noqa: E501
-            try:
-                run_stage(name, params, item=item)
-            except ConfigError as e:
-                _fail(str(e))
+        ) -> None:
+            _run(name, params, item)
 
     else:
 
         def command(params: ParamsOption = Path("params.yaml")) -> None:  # type: ignore[misc]
-            try:
-                run_stage(name, params)
-            except ConfigError as e:
-                _fail(str(e))
+            _run(name, params)
 
     app.command(name.replace("_", "-"), help=STAGES[name])(command)
 
@@ -92,6 +98,56 @@ def render(
     except ValueError as e:
         _fail(str(e))
     typer.echo(f"wrote {out}")
+
+
+@app.command("label-app")
+def label_app(
+    params: ParamsOption = Path("params.yaml"),
+    host: Annotated[str | None, typer.Option(help="address to bind (default app.host: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default app.port)")] = None,
+    users: Annotated[
+        str | None, typer.Option(help="logins 'alice:pw1,bob:pw2' (default: MOTIONPREF_APP_USERS; none = no login)")
+    ] = None,
+) -> None:
+    """Serve the labeling app: two motions side by side, pick the better one and by how much (or skip)."""
+    try:
+        cfg = load_params(params).app
+    except ConfigError as e:
+        _fail(str(e))
+    from motionpref.pipeline import PREFS
+    from motionpref.prefs.app import label_app_main
+
+    label_app_main(
+        Path(PREFS) / "pairs.parquet",
+        Path(PREFS) / "labels",
+        host or cfg.host,
+        port or cfg.port,
+        users,
+        previews_dir=Path(PREFS) / "app_previews",
+        shuffle_seed=cfg.shuffle_seed,
+        preview_size=cfg.preview_size,
+    )
+
+
+@app.command("import-instructmotion")
+def import_instructmotion(
+    labels: Annotated[Path, typer.Argument(help="the release's preference_labels.jsonl")],
+    root: Annotated[Path | None, typer.Option(help="the release's preference_data/ folder (for tokens)")] = None,
+    out: Annotated[Path, typer.Option(help="folder for labels/instructmotion.jsonl and pairs.parquet")] = Path(
+        "data/prefs/import"
+    ),
+) -> None:
+    """Import the InstructMotion release (labels and pairs); ingest it with ingest.pairs = <out>/pairs.parquet and
+    ingest.labels_dir = <out>/labels."""
+    from motionpref.prefs.instructmotion import read_instructmotion, write_import
+    from motionpref.prefs.labels import LabelError
+
+    try:
+        imported = read_instructmotion(labels, root)
+        write_import(imported, out / "labels" / "instructmotion.jsonl", out / "pairs.parquet")
+    except (LabelError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(f"imported {len(imported.judgments)} judgments of {len(imported.pairs)} pairs into {out}")
 
 
 if __name__ == "__main__":

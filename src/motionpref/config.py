@@ -178,6 +178,7 @@ class EvalSizes(Section):
     mm_times: int = Field(10, ge=1)
     unit_length: int = Field(4, ge=1)
     embed_batch: int = Field(32, ge=1)
+    generate_batch: int = Field(256, ge=1)  # captions handed to the model's sampler at once
 
     @model_validator(mode="after")
     def _check(self) -> EvalSizes:
@@ -313,12 +314,96 @@ class SamplingConfig(Section):
     max_new_tokens: int = Field(64, ge=3)  # start + codes + end; 196 frames are 49 codes
     batch_size: int = Field(64, ge=1)
     retries: int = Field(2, ge=0)  # resample an invalid generation (no motion tokens) with a new seed
+    constrained: bool = True  # decode only what a motion can hold (start, codes, end); see MotionPolicy.sample
 
 
 class EvaluateSection(Section):
     sizes: EvalSizes = EvalSizes()
     sampling: SamplingConfig = SamplingConfig()
     judge_texts: int = Field(300, ge=0)  # test captions whose samples the synthetic judge scores
+
+
+DegreeName = Literal["much_better", "better", "slightly_better", "negligible"]
+
+
+class LLMEndpoint(Section):
+    """An OpenAI-compatible chat-completions server: ``POST {base_url}/chat/completions``."""
+
+    base_url: str = Field(pattern=r"^https?://")  # e.g. http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama)
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None  # name of the environment variable holding the key; never the key itself
+    temperature: float = Field(1.0, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    batch_size: int = Field(20, ge=1)  # descriptions asked for per request
+    n_examples: int = Field(8, ge=1)  # training captions shown per request as the style to follow
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+class PromptsConfig(Section):
+    counts: dict[Literal["synthetic", "recombine", "llm"], int] = {"synthetic": 3000}  # backend -> prompts
+    near_threshold: float = Field(0.9, gt=0, le=1)  # TF-IDF cosine at which a prompt near-duplicates a caption
+    max_candidates_factor: float = Field(4.0, ge=1)
+    reference_splits: list[str] = ["train", "val", "test"]
+    example_split: str = "train"
+    min_count: int = Field(2, ge=1)  # recombine: how often a slot filler must occur in the captions
+    llm: LLMEndpoint | None = None  # set base_url and model to use the llm backend
+
+
+class PairsConfig(Section):
+    temperature: float = Field(1.2, gt=0)  # the paper samples both motions at 1.2
+    sampling: SamplingConfig = SamplingConfig()
+    previews: int = Field(8, ge=0)  # side-by-side GIFs rendered now; the labeling app renders the rest on demand
+
+
+class SimulatedLabelersConfig(Section):
+    """Labelers that see the synthetic judge's score through their own noise (the embedded default)."""
+
+    n_labelers: int = Field(4, ge=1)
+    noise: float = Field(0.09, ge=0)  # std of a labeler's error on each quality it perceives
+    shared_fraction: float = Field(0.15, ge=0, le=1)  # pairs a second labeler also judges (for agreement)
+    fail_below: float = Field(0.2, ge=0, le=1)  # a motion perceived below this fails the prompt
+    realism_min: float = Field(0.5, ge=0, le=1)  # a motion less realistic than this fails whatever it does
+    # the smallest perceived quality gap for each degree; smaller gaps are "negligible"
+    gaps: dict[DegreeName, float] = {"much_better": 0.3, "better": 0.15, "slightly_better": 0.06}
+
+
+class AIFeedbackConfig(Section):
+    """The retrieval scorer ranking the two motions (MoDiPO-style AI feedback; works on real data)."""
+
+    fail_below: float = Field(0.5, ge=0, le=1)  # both scores below: skip
+    gaps: dict[DegreeName, float] = {"much_better": 0.1, "better": 0.05, "slightly_better": 0.02}
+
+
+class LabelsConfig(Section):
+    labeler: Literal["simulated", "ai"] = "simulated"  # who the label stage asks; humans use the app
+    simulated: SimulatedLabelersConfig = SimulatedLabelersConfig()
+    ai: AIFeedbackConfig = AIFeedbackConfig()
+
+
+class IngestConfig(Section):
+    pairs: Path = Path("data/prefs/pairs.parquet")  # the pairs the judgments refer to
+    labels_dir: Path = Path("data/prefs/labels")  # every *.jsonl below it is read (never written)
+    rule: Literal["last_wins", "majority", "drop_conflicts"] = "last_wins"
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    on_error: Literal["fail", "quarantine"] = "fail"
+    margins: dict[DegreeName, float] = {"much_better": 3, "better": 2, "slightly_better": 1, "negligible": 0}
+
+    @model_validator(mode="after")
+    def _all_margins(self) -> IngestConfig:
+        missing = {"much_better", "better", "slightly_better", "negligible"} - set(self.margins)
+        if missing:
+            raise ValueError(f"margins needs a value for {sorted(missing)}")
+        return self
+
+
+class AppConfig(Section):
+    host: str = "127.0.0.1"  # another host exposes the app: set a login (MOTIONPREF_APP_USERS) then
+    port: int = Field(7860, ge=1, le=65535)
+    shuffle_seed: int | None = None  # each labeler's pair order; null keeps the table's order
+    preview_size: int = Field(320, ge=64)
 
 
 class Params(Section):
@@ -332,6 +417,11 @@ class Params(Section):
     retrieval: RetrievalSection = RetrievalSection()
     policy: PolicySection = PolicySection()
     evaluate: EvaluateSection = EvaluateSection()
+    prompts: PromptsConfig = PromptsConfig()
+    pairs: PairsConfig = PairsConfig()
+    labels: LabelsConfig = LabelsConfig()
+    ingest: IngestConfig = IngestConfig()
+    app: AppConfig = AppConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def stage_seed(self, stage: str) -> int:

@@ -18,3 +18,11 @@ def interactive() -> bool:
 def track(iterable: Iterable[T], description: str = "", total: int | None = None) -> Iterator[T]:
     """Iterate with a progress bar on a TTY, silently otherwise."""
     yield from tqdm(iterable, desc=description, total=total, disable=not interactive(), leave=False)
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' own progress bars (weights loading, shard writing) when nobody watches."""
+    if not interactive():
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()

@@ -14,6 +14,7 @@ import numpy as np
 from motionpref.evaluate.metrics import confidence_interval
 from motionpref.motion.features import recover_joints
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
+from motionpref.prefs.simulate import perceived_quality
 from motionpref.progress import track
 from motionpref.synth.judge import judge, realism
 from motionpref.synth.programs import Program
@@ -35,7 +36,8 @@ def judge_samples(
     skeleton: Skeleton = HUMANML3D,
     batch: int = 64,
 ) -> dict[str, dict[str, float]]:
-    """Mean judge score and realism of one sample per prompt, each with a 95% interval over prompts."""
+    """Mean judge score, its log-scale quality (what simulated labelers perceive) and realism of one sample per
+    prompt, each with a 95% interval over prompts."""
     rng = np.random.default_rng(seed)
     seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=len(prompts))]
     scores, real = [], []
@@ -47,7 +49,8 @@ def judge_samples(
             scores.append(judge(p.program, joints))
             real.append(realism(joints))
     out = {}
-    for name, values in (("judge", scores), ("realism", real)):
+    quality = [float(perceived_quality(s)) for s in scores]
+    for name, values in (("judge", scores), ("judge_quality", quality), ("realism", real)):
         mean, ci95 = confidence_interval(values)  # over prompts: each is an independent sample
         out[name] = {"mean": mean, "ci95": ci95}
     return out

@@ -218,7 +218,7 @@ def evaluate_replication(
     texts = [c.text for c in captions]
     gen_seeds = _seeds(rng, n)
     generated: list[np.ndarray] = []
-    chunk = sizes.embed_batch
+    chunk = sizes.generate_batch
     for s in track(range(0, n, chunk), description="evaluate: generate", total=-(-n // chunk)):
         generated += _generate(
             sample_fn,

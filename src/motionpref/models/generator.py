@@ -61,6 +61,7 @@ class MotionGenerator:
                 top_p=s.top_p,
                 max_new_tokens=s.max_new_tokens,
                 batch_size=s.batch_size,
+                constrained=s.constrained,
             )
             decoded = batch.decode(self.vqvae)
             still = []

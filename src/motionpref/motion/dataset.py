@@ -15,7 +15,6 @@ Arrays are always read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from motionpref.io import write_bytes
+from motionpref.io import npy_bytes, write_bytes
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
 from motionpref.motion.text import Caption, CaptionFormatError, read_text_file, write_text_file
 
@@ -83,12 +82,6 @@ def mirrored_id(clip_id: str) -> str:
 def _check_id(clip_id: str) -> None:
     if not clip_id or clip_id != clip_id.strip() or any(c in clip_id for c in "/\\ \t\n") or clip_id[0] == ".":
         raise ValueError(f"invalid clip id {clip_id!r}: expected a non-empty file stem without spaces or slashes")
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
 
 
 def _load_npy(root: Path, rel: str, mmap: bool = False) -> np.ndarray:
@@ -153,8 +146,8 @@ def write_stats(root: str | os.PathLike, mean: np.ndarray, std: np.ndarray) -> N
     if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
         raise ValueError("mean must be finite and std finite and positive")
     root = Path(root)
-    write_bytes(root / MEAN_FILE, _npy_bytes(mean))
-    write_bytes(root / STD_FILE, _npy_bytes(std))
+    write_bytes(root / MEAN_FILE, npy_bytes(mean))
+    write_bytes(root / STD_FILE, npy_bytes(std))
 
 
 def load_stats(root: str | os.PathLike, skeleton: Skeleton | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -249,8 +242,8 @@ def write_clip(
     if not captions:
         raise ValueError(f"clip {clip_id}: at least one caption is required")
     root = Path(root)
-    write_bytes(root / FEATURES_DIR / f"{clip_id}.npy", _npy_bytes(features))
-    write_bytes(root / JOINTS_DIR / f"{clip_id}.npy", _npy_bytes(joints))
+    write_bytes(root / FEATURES_DIR / f"{clip_id}.npy", npy_bytes(features))
+    write_bytes(root / JOINTS_DIR / f"{clip_id}.npy", npy_bytes(joints))
     write_text_file(root / TEXTS_DIR / f"{clip_id}.txt", captions)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from PIL import Image
 
+from motionpref.io import write_all
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
 
 _LEFT_COLOURS = ("#1f5fbf", "#4f9be8")  # legs, then arms
@@ -187,8 +187,9 @@ def _view(joint_sets: Sequence[np.ndarray], skeleton: Skeleton, floor_y: float |
     floor = float(min(np.nanmin(j[..., 1]) for j in joint_sets)) if floor_y is None else float(floor_y)
     top = float(max(np.nanmax(j[..., 1]) for j in joint_sets))
     reach = max(float(np.nanmax(np.linalg.norm((j - j[:, :1])[..., [0, 2]], axis=-1))) for j in joint_sets)
-    half = max(1.0 * unit, (top - floor) / 2 + 0.35 * unit, reach + 0.35 * unit)
-    return _View(floor_y=floor, centre_y=(top + floor) / 2, half=half, unit=unit, size=size, fps=fps)
+    headroom = 0.15 * unit  # above the head, for the caption and the panel title
+    half = max(1.0 * unit, (top - floor) / 2 + 0.35 * unit + headroom, reach + 0.35 * unit)
+    return _View(floor_y=floor, centre_y=(top + floor) / 2 + headroom, half=half, unit=unit, size=size, fps=fps)
 
 
 def render_frames(
@@ -276,20 +277,12 @@ def write_video(frames: np.ndarray, out_path: str | os.PathLike, fps: float) -> 
         raise ValueError(f"expected uint8 frames (N, H, W, 3) with N >= 1, got {frames.dtype} {frames.shape}")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.stem}.", suffix=suffix)
-    os.close(fd)
-    try:
-        if suffix == ".gif":
-            _write_gif(frames, tmp, fps)
-        else:
-            import imageio.v3 as iio
+    if suffix == ".gif":
+        write_all({out_path: lambda tmp: _write_gif(frames, tmp, fps)})
+    else:
+        import imageio.v3 as iio
 
-            iio.imwrite(tmp, frames, extension=".mp4", fps=fps, codec="libx264", plugin="FFMPEG")
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_all({out_path: lambda tmp: iio.imwrite(tmp, frames, extension=".mp4", fps=fps, codec="libx264")})
     return out_path
 
 

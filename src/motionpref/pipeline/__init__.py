@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 DATASET = "data/dataset"
 TOKENS = "data/tokens"
 MODELS = "data/models"
+PREFS = "data/prefs"
 REPORTS = "reports"
 
 # stage name (also its module under motionpref.pipeline) -> one-line help; in the pipeline's order
@@ -35,6 +36,10 @@ STAGES: dict[str, str] = {
     "train_retrieval": "Train the TMR-style retrieval scorer SoPo and the AI labeler use (never the evaluator).",
     "train_policy": "Train the MotionGPT-style text-to-motion policy (or load a MotionGPT checkpoint).",
     "evaluate": "Score a model (gt = the test set itself) with the T2M metrics and the synthetic judge.",
+    "generate_prompts": "Write new prompts unlike the training captions into data/prefs/prompts.parquet.",
+    "sample_pairs": "Sample two motions per prompt from the SFT policy (temperature 1.2) into pairs.parquet.",
+    "label": "Label the pairs with simulated labelers (the synthetic judge) or AI feedback (the retrieval scorer).",
+    "ingest_labels": "Validate and resolve every judgment into data/prefs/preferences.parquet and statistics.",
 }
 ITEM_STAGES = {"evaluate"}  # stages run once per item (`evaluate@sft`)
 
@@ -60,6 +65,9 @@ class StageContext:
 def seed_everything(seed: int, threads: int) -> None:
     import torch
 
+    from motionpref.progress import quiet_libraries
+
+    quiet_libraries()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

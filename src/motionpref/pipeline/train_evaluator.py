@@ -35,7 +35,13 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         )
     # how well the evaluator tells the validation motions apart: the ceiling of every model's R-precision
     evaluator = Evaluator.load(out)
-    sizes = params.evaluate.sizes.model_copy(update={"mm_num_samples": 0, "replications": 3})
+    sizes = params.evaluate.sizes.model_copy(
+        update={
+            "mm_num_samples": 0,
+            "replications": 3,
+            "diversity_times": min(params.evaluate.sizes.diversity_times, len(val) - 1),
+        }
+    )
     if len(val) >= sizes.r_precision_batch:
         gt = evaluate_model(ground_truth_sample_fn(val), val, evaluator, sizes, seed)
         metrics.update({f"val_gt_{k}": v["mean"] for k, v in gt.items() if k != "replications"})

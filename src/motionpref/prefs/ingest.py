@@ -9,10 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +18,8 @@ from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from motionpref.io import parquet_writer, text_writer, write_all
 from motionpref.prefs.labels import DEGREES, Choice, Degree, Judgment, LabelError, Source, scan_labels
 
 Rule = Literal["last_wins", "majority", "drop_conflicts"]
@@ -278,7 +276,7 @@ def ingest(
         "preferences": len(table),
         "split": {"train": len(table) - n_val, "val": n_val},
     }
-    return IngestResult(table, stats, problems, quarantine_path if on_error == "quarantine" else None)
+    return IngestResult(table, stats, problems, quarantine_path)
 
 
 def _percent(x: float) -> str:
@@ -311,33 +309,6 @@ def stats_markdown(stats: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(writers: dict[Path, Callable[[Path], None]]) -> None:
-    """Write several files all or nothing: each writer fills a temp file beside its target, and only when
-    every one succeeded are they renamed into place (motionpref.io writes one file at a time)."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for target, write in writers.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(fd)
-            staged.append((Path(tmp), target))
-            write(Path(tmp))
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
-
-
-def parquet_writer(table: pd.DataFrame, schema: pa.Schema) -> Callable[[Path], None]:
-    return lambda path: pq.write_table(pa.Table.from_pandas(table, schema=schema, preserve_index=False), path)
-
-
-def text_writer(text: str) -> Callable[[Path], None]:
-    return lambda path: path.write_text(text, encoding="utf-8")
-
-
 def write_outputs(result: IngestResult, out_parquet: Path, stats_json: Path, stats_md: Path) -> None:
     """Write the preference table, the statistics (JSON + markdown) and the quarantine file, if any."""
     writers = {
@@ -348,4 +319,4 @@ def write_outputs(result: IngestResult, out_parquet: Path, stats_json: Path, sta
     if result.quarantine_path is not None:
         lines = "".join(json.dumps(p.to_json()) + "\n" for p in result.problems)
         writers[Path(result.quarantine_path)] = text_writer(lines)
-    write_atomically(writers)
+    write_all(writers)

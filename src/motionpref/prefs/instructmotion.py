@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from motionpref.prefs.ingest import parquet_writer, text_writer, write_atomically
+from motionpref.io import parquet_writer, text_writer, write_all
 from motionpref.prefs.labels import Choice, Degree, Judgment, LabelError
+from motionpref.prefs.pairs import PAIRS_SCHEMA
 
 CHOICES: dict[str, Choice] = {"sample_1": "a", "sample_2": "b", "skipped": "skip"}
 DEGREE_NAMES: dict[str, Degree] = {
@@ -48,26 +48,6 @@ DEGREE_NAMES: dict[str, Degree] = {
 SKIP_DEGREES = ("skipped", "null", None)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 UNKNOWN_SEED = -1  # the release's samples may lack a seed; int64 column, so a sentinel rather than null
-
-PAIRS_SCHEMA = pa.schema(
-    [
-        ("pair_id", pa.string()),
-        ("prompt_id", pa.string()),
-        ("prompt", pa.string()),
-        ("program", pa.string()),
-        ("seed_a", pa.int64()),
-        ("seed_b", pa.int64()),
-        ("temperature", pa.float64()),
-        ("tokens_a", pa.list_(pa.int64())),
-        ("tokens_b", pa.list_(pa.int64())),
-        ("features_a", pa.string()),
-        ("features_b", pa.string()),
-        ("valid_a", pa.bool_()),
-        ("valid_b", pa.bool_()),
-        ("policy_hash", pa.string()),
-        ("preview", pa.string()),
-    ]
-)
 
 
 @dataclass
@@ -219,4 +199,4 @@ def write_import(imported: InstructMotionImport, labels_path: str | Path, pairs_
             raise FileExistsError(f"{labels_path} exists with other judgments; label files are never rewritten")
     else:
         writers[labels_path] = text_writer(lines.decode("utf-8"))
-    write_atomically(writers)
+    write_all(writers)

@@ -171,18 +171,33 @@ def read_labels(path: str | Path) -> Iterator[tuple[int, Judgment]]:
         yield lineno, item
 
 
+def is_torn(raw: bytes) -> bool:
+    """Whether a line is the start of a JSON object cut off mid-write (a writer killed during its append)."""
+    text = raw.strip()
+    if not text.startswith(b"{"):
+        return False
+    try:
+        json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # JSON cut short fails at its very end or inside its last string; other damage fails mid-line
+        return isinstance(e, json.JSONDecodeError) and (
+            e.msg.startswith("Unterminated string") or e.pos >= len(e.doc.rstrip()) - 1
+        )
+    return False
+
+
 def labeled_pair_ids(path: str | Path) -> set[str]:
     """Pair ids already judged in a label file (empty if it does not exist yet), for resuming a labeler.
 
-    A truncated last line (a writer killed mid-append) is ignored: that judgment was never acknowledged.
-    Any other bad line raises :class:`LabelError`.
+    A torn line (a writer killed mid-append, whether or not a later append ended it with a newline) is
+    ignored: that judgment was never acknowledged. Any other bad line raises :class:`LabelError`.
     """
     if not Path(path).exists():
         return set()
     ids = set()
     for _, raw, item in scan_labels(path):
         if isinstance(item, LabelError):
-            if raw.endswith(b"\n"):
+            if raw.endswith(b"\n") and not is_torn(raw):
                 raise item
             continue
         ids.add(item.pair_id)

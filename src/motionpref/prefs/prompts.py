@@ -43,9 +43,10 @@ import pyarrow.parquet as pq
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 
+from motionpref.config import LLMEndpoint
+from motionpref.io import write_parquet
 from motionpref.motion.dataset import read_captions, read_split
 from motionpref.motion.text import VIP_WORDS, Caption
-from motionpref.prefs.ingest import parquet_writer, write_atomically
 from motionpref.synth.captions import caption_text
 from motionpref.synth.programs import Program, ProgramError
 from motionpref.synth.world import NOVEL_FILE
@@ -471,40 +472,13 @@ _BULLET = re.compile(r"^(?:[-*\u2022]+|\(?\d+[.):]?\)?)\s+")
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
 
 
-@dataclass(frozen=True)
-class LLMEndpoint:
-    """An OpenAI-compatible chat-completions server: ``POST {base_url}/chat/completions``."""
-
-    base_url: str  # e.g. "http://127.0.0.1:8000/v1" (vLLM, llama.cpp, Ollama) or "https://api.openai.com/v1"
-    model: str
-    api_key_env: str | None = None  # name of the environment variable holding the key; never the key itself
-    temperature: float = 1.0
-    timeout_s: float = 60.0
-    batch_size: int = 20  # descriptions asked for per request
-    n_examples: int = 8  # training captions shown per request as the style to follow
-
-    def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"llm.base_url must be an http(s) URL, got {self.base_url!r}")
-        if not self.model:
-            raise ValueError("llm.model must name the model to ask")
-        if self.timeout_s <= 0 or self.batch_size < 1 or self.n_examples < 1 or self.temperature < 0:
-            raise ValueError(
-                "llm: need timeout_s > 0, batch_size >= 1, n_examples >= 1, temperature >= 0; got "
-                f"{self.timeout_s}, {self.batch_size}, {self.n_examples}, {self.temperature}"
-            )
-
-    @property
-    def url(self) -> str:
-        return self.base_url.rstrip("/") + "/chat/completions"
-
-    def api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise PromptError(f"llm backend: environment variable {self.api_key_env} (llm.api_key_env) is not set")
-        return key
+def api_key(endpoint: LLMEndpoint) -> str | None:
+    if endpoint.api_key_env is None:
+        return None
+    key = os.environ.get(endpoint.api_key_env)
+    if not key:
+        raise PromptError(f"llm backend: environment variable {endpoint.api_key_env} (llm.api_key_env) is not set")
+    return key
 
 
 def chat_messages(examples: Sequence[str], k: int) -> list[dict[str, str]]:
@@ -556,7 +530,7 @@ def request_prompts(endpoint: LLMEndpoint, examples: Sequence[str], k: int, seed
     if seed is not None:
         body["seed"] = seed
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    key = endpoint.api_key()
+    key = api_key(endpoint)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
@@ -739,7 +713,7 @@ def _check_table(table: pd.DataFrame, where: str) -> None:
 def write_prompts(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write the prompt table as parquet (``PROMPTS_SCHEMA``), atomically."""
     _check_table(table, f"prompts for {path}")
-    write_atomically({Path(path): parquet_writer(table, PROMPTS_SCHEMA)})
+    write_parquet(path, table, PROMPTS_SCHEMA)
 
 
 def read_prompts(path: str | os.PathLike) -> pd.DataFrame:

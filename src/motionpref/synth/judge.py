@@ -146,8 +146,8 @@ def _check(joints: np.ndarray) -> np.ndarray:
     joints = np.asarray(joints, dtype=np.float64)
     if joints.ndim != 3 or joints.shape[1:] != (22, 3):
         raise ValueError(f"judge: expected joints (T, 22, 3) of the HumanML3D skeleton, got shape {joints.shape}")
-    if len(joints) < 8:
-        raise ValueError(f"judge: a clip needs at least 8 frames, got {len(joints)}")
+    if len(joints) < MIN_FRAMES:
+        raise ValueError(f"judge: a clip needs at least {MIN_FRAMES} frames, got {len(joints)}")
     if not np.isfinite(joints).all():
         raise ValueError("judge: joints contain NaN or infinite values")
     return joints
@@ -856,8 +856,13 @@ def _best_split(c: Clip, program: Program) -> Split:
 # ---------------------------------------------------------------------------------------------- public API
 
 
+MIN_FRAMES = 8  # shorter clips show too little motion to measure; they score 0 (a model may emit one)
+
+
 def judge(program: Program, joints: np.ndarray) -> float:
     """How well ``joints`` (T, 22, 3) perform ``program``, in [0, 1], from joint positions only."""
+    if np.ndim(joints) == 3 and len(joints) < MIN_FRAMES:
+        return 0.0
     return judge_details(program, joints)["score"]
 
 
@@ -940,7 +945,10 @@ def realism_details(joints: np.ndarray) -> dict[str, float]:
 
 
 def realism(joints: np.ndarray) -> float:
-    """How physically plausible a motion looks, in [0, 1] (see :func:`realism_details`)."""
+    """How physically plausible a motion looks, in [0, 1] (see :func:`realism_details`); 0 for a clip too short
+    to tell."""
+    if np.ndim(joints) == 3 and len(joints) < MIN_FRAMES:
+        return 0.0
     return realism_details(joints)["score"]
 
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from motionpref.io import atomic_dir
 from motionpref.motion.dataset import (
     MIRROR_PREFIX,
     compute_mean_std,
@@ -189,17 +188,6 @@ def _check_root(root: Path) -> None:
         )
 
 
-def _replace_dir(tmp: Path, root: Path) -> None:
-    """Move the finished build to ``root``, replacing a previous build."""
-    old = None
-    if root.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-        os.replace(root, old / root.name)
-    os.replace(tmp, root)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def build_dataset(
     root: str | os.PathLike,
     n_clips: int,
@@ -227,10 +215,8 @@ def build_dataset(
     _check_root(root)
     novelty = NoveltySplit.from_seed(seed) if novelty is None else novelty
     splits = _assign_splits(n_clips, split_fractions, seed)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     start = time.perf_counter()
-    try:
+    with atomic_dir(root) as tmp:
         jobs = [
             _ClipJob(i, seed, str(tmp), novelty, n_captions, mirror, max_segments, tuple(segment_probs), max_frames)
             for i in range(n_clips)
@@ -252,10 +238,6 @@ def build_dataset(
         t0 = time.perf_counter()
         validate_dataset(tmp, HUMANML3D)
         seconds["validate"] = time.perf_counter() - t0
-        _replace_dir(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     seconds["total"] = time.perf_counter() - start
     return WorldSummary(
         root=root,

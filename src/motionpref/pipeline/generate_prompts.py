@@ -1,0 +1,33 @@
+"""Stage generate_prompts: new prompts unlike the training captions (the paper had an LLM write them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from motionpref.config import Params
+from motionpref.pipeline import DATASET, PREFS, REPORTS, StageContext
+
+READS = ("data", "prompts")
+
+
+def run(params: Params, ctx: StageContext) -> dict[str, Any]:
+    from motionpref.io import write_json
+    from motionpref.prefs.prompts import generate_prompts, write_prompts
+
+    cfg = params.prompts
+    if params.data.source != "synthetic" and cfg.counts.get("synthetic"):
+        raise ValueError("prompts.counts: the synthetic backend needs data.source synthetic; use recombine or llm")
+    result = generate_prompts(
+        ctx.path(DATASET),
+        cfg.counts,
+        seed=params.stage_seed("generate_prompts"),
+        near_threshold=cfg.near_threshold,
+        max_candidates_factor=cfg.max_candidates_factor,
+        reference_splits=cfg.reference_splits,
+        example_split=cfg.example_split,
+        min_count=cfg.min_count,
+        llm=cfg.llm,
+    )
+    write_prompts(result.table, ctx.path(PREFS, "prompts.parquet"))
+    write_json(ctx.path(REPORTS, "prompts_stats.json"), result.stats)
+    return result.stats

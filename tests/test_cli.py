@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import yaml
+from typer.testing import CliRunner
+
+from motionpref.cli import app
+from motionpref.motion.features import extract_features
+from motionpref.motion.mocap import load_cmu_joints
+from motionpref.pipeline import STAGES
+from tests.conftest import CMU_WALK
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def test_help_lists_every_stage_and_tool() -> None:
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for name in [*STAGES, "check_params", "render", "label_app", "import_instructmotion"]:
+        assert name.replace("_", "-") in result.output
+
+
+def test_every_stage_has_a_script_and_a_dvc_stage() -> None:
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in STAGES:
+        script = ROOT / "stages" / f"{name}.py"
+        assert script.is_file(), script
+        assert f'app(["{name.replace("_", "-")}"' in script.read_text()
+        assert name in stages and f"stages/{name}.py" in str(stages[name])
+
+
+def test_check_params_reports_the_bad_key(tmp_path: Path) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["vqvae"]["train"]["lr"] = -1
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    result = runner.invoke(app, ["check-params", "--params", str(bad)])
+    assert result.exit_code == 2
+    assert "vqvae.train.lr" in result.output and "greater than 0" in result.output
+    # a stage refuses to start on the same file, before any work
+    result = runner.invoke(app, ["train-vqvae", "--params", str(bad)])
+    assert result.exit_code == 2 and "vqvae.train.lr" in result.output
+
+
+def test_render_the_cmu_walk(tmp_path: Path) -> None:
+    features = tmp_path / "walk.npy"
+    np.save(features, extract_features(load_cmu_joints(CMU_WALK)[:60]))
+    out = tmp_path / "walk.gif"
+    result = runner.invoke(app, ["render", str(features), "--out", str(out), "--title", "a person walks"])
+    assert result.exit_code == 0, result.output
+    frames = iio.imread(out, index=None)
+    assert frames.shape[0] == 59 and frames.shape[1] >= 200
+    assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).sum() > 0  # the figure moves
+    both = tmp_path / "both.gif"
+    result = runner.invoke(app, ["render", str(features), "--other", str(features), "--out", str(both)])
+    assert result.exit_code == 0 and iio.imread(both, index=None).shape[2] > frames.shape[2]
+
+
+def test_render_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npy"
+    bad.write_text("not numpy")
+    result = runner.invoke(app, ["render", str(bad), "--out", str(tmp_path / "x.gif")])
+    assert result.exit_code == 2 and "bad.npy" in result.output
+    assert not (tmp_path / "x.gif").exists()

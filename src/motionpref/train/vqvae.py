@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from motionpref.config import VQVAETrainConfig
 from motionpref.io import atomic_dir
 from motionpref.models.vqvae import MotionVQVAE, VQVAEConfig, perplexity_of_counts, tokenize
+from motionpref.motion.features import recover_joints
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
 from motionpref.progress import track
 
 LogMetric = Callable[[str, float, int], None]
-RecoverJoints = Callable[[np.ndarray, Skeleton], np.ndarray]
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -88,13 +88,6 @@ def _sample_windows(clips: list[np.ndarray], batch: int, window: int, rng: np.ra
     return torch.from_numpy(np.stack([clips[i][s : s + window] for i, s in zip(idx, starts, strict=True)]))
 
 
-def _default_recover_joints() -> RecoverJoints:
-    # Imported on use: the feature inverse is a sibling module that training itself does not need.
-    from motionpref.motion.features import recover_joints
-
-    return recover_joints
-
-
 def mpjpe(pred_joints: np.ndarray, true_joints: np.ndarray, align_root: bool = True) -> float:
     """Mean per-joint position error, in the joints' unit: mean over frames and joints of ||p - q||_2.
 
@@ -116,7 +109,6 @@ def evaluate_vqvae(
     mean: np.ndarray,
     std: np.ndarray,
     skeleton: Skeleton = HUMANML3D,
-    recover_joints: RecoverJoints | None = None,
 ) -> dict[str, float]:
     """Reconstruct whole clips (cropped to a multiple of 4 frames) and measure the VQ-VAE.
 
@@ -126,7 +118,6 @@ def evaluate_vqvae(
     """
     if not clips_normalised:
         raise ValueError("evaluate_vqvae: no clips")
-    recover = recover_joints or _default_recover_joints()
     mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     was_training = model.training
     model.eval()
@@ -142,8 +133,8 @@ def evaluate_vqvae(
             recon = model.decode(codes)
             counts += torch.bincount(codes.flatten(), minlength=model.codebook_size).float()
             rec += reconstruction_loss(recon, x).item() * usable
-            true_j = recover(x[0].numpy() * std32 + mean32, skeleton)
-            pred_j = recover(recon[0].numpy() * std32 + mean32, skeleton)
+            true_j = recover_joints(x[0].numpy() * std32 + mean32, skeleton)
+            pred_j = recover_joints(recon[0].numpy() * std32 + mean32, skeleton)
             err += mpjpe(pred_j, true_j, align_root=True) * usable
             err_global += mpjpe(pred_j, true_j, align_root=False) * usable
             frames += usable
@@ -171,7 +162,6 @@ def train_vqvae(
     out_dir: str | Path,
     log_metric: LogMetric | None = None,
     skeleton: Skeleton = HUMANML3D,
-    recover_joints: RecoverJoints | None = None,
 ) -> dict[str, float]:
     """Train a VQ-VAE on un-normalised clips (T, D) normalised here with the dataset ``mean``/``std``.
 
@@ -227,7 +217,7 @@ def train_vqvae(
     metrics = {f"train_{k}": v for k, v in last.items()}
     metrics["seconds_per_step"] = seconds_per_step
     if val:
-        val_metrics = evaluate_vqvae(model, val, mean, std, skeleton, recover_joints)
+        val_metrics = evaluate_vqvae(model, val, mean, std, skeleton)
         metrics.update({f"val_{k}": v for k, v in val_metrics.items()})
         if log_metric is not None:
             for k, v in val_metrics.items():

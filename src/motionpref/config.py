@@ -362,12 +362,12 @@ class SimulatedLabelersConfig(Section):
     """Labelers that see the synthetic judge's score through their own noise (the embedded default)."""
 
     n_labelers: int = Field(4, ge=1)
-    noise: float = Field(0.09, ge=0)  # std of a labeler's error on each quality it perceives
+    noise: float = Field(0.08, ge=0)  # std of a labeler's error on each quality it perceives
     shared_fraction: float = Field(0.15, ge=0, le=1)  # pairs a second labeler also judges (for agreement)
-    fail_below: float = Field(0.2, ge=0, le=1)  # a motion perceived below this fails the prompt
+    fail_below: float = Field(0.33, ge=0, le=1)  # a motion perceived below this fails the prompt
     realism_min: float = Field(0.5, ge=0, le=1)  # a motion less realistic than this fails whatever it does
     # the smallest perceived quality gap for each degree; smaller gaps are "negligible"
-    gaps: dict[DegreeName, float] = {"much_better": 0.3, "better": 0.15, "slightly_better": 0.06}
+    gaps: dict[DegreeName, float] = {"much_better": 0.35, "better": 0.17, "slightly_better": 0.035}
 
 
 class AIFeedbackConfig(Section):

@@ -19,10 +19,10 @@ from motionpref.prefs.app import (
     check_labeler,
     create_app,
     parse_users,
-    read_pairs,
     users_from_env,
 )
 from motionpref.prefs.labels import parse_judgment
+from motionpref.prefs.pairs import read_pairs
 
 # Gradio's queue (in the server thread) still sets pandas options that pandas 3 deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
@@ -217,12 +217,15 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path) -> None:
     table = tmp_path / "pairs.parquet"
     pd.DataFrame({"pair_id": ["p1"], "prompt": ["x"], "features_a": ["a.npy"]}).to_parquet(table)
     with pytest.raises(ValueError, match=r"pairs\.parquet: lacks column\(s\) \['features_b'\]"):
-        LabelStore(read_pairs(table), tmp_path, tmp_path, source=str(table))
+        LabelStore(pd.read_parquet(table), tmp_path, tmp_path, source=str(table))
     twice = pd.DataFrame({c: ["p1", "p1"] for c in ("pair_id", "prompt", "features_a", "features_b")})
     with pytest.raises(ValueError, match="duplicate pair_id 'p1'"):
         LabelStore(twice, tmp_path, tmp_path)
-    with pytest.raises(ValueError, match=r"nothing\.parquet: cannot read the pairs table"):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.parquet: no pairs table"):
         read_pairs(tmp_path / "nothing.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match=r"broken\.parquet: cannot read the pairs table"):
+        read_pairs(tmp_path / "broken.parquet")
 
 
 def test_users_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

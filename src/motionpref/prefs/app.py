@@ -58,6 +58,7 @@ from motionpref.prefs.labels import (
     labeled_pair_ids,
     utc_now,
 )
+from motionpref.prefs.pairs import read_pairs
 
 log = logging.getLogger(__name__)
 
@@ -597,13 +598,6 @@ def create_app(store: LabelStore, users: list[tuple[str, str]] | None = None) ->
         ssr_mode=False,
         css=PAGE_CSS,
     )
-
-
-def read_pairs(pairs_path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(pairs_path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{pairs_path}: cannot read the pairs table: {e}") from None
 
 
 def users_from_env() -> list[tuple[str, str]] | None:

@@ -136,7 +136,10 @@ def write_pairs(table: pd.DataFrame, path: Path) -> None:
 def read_pairs(path: Path) -> pd.DataFrame:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no pairs table (run the sample_pairs stage)")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"{path}: cannot read the pairs table: {e}") from None
     missing = [n for n in PAIRS_SCHEMA.names if n not in table.column_names]
     if missing:
         raise ValueError(f"{path}: pairs table lacks columns {missing}")

@@ -22,6 +22,7 @@ from scipy.spatial.transform import Rotation
 from motionpref.motion.features import extract_features
 from motionpref.motion.skeleton import HUMANML3D, forward_kinematics
 from motionpref.prefs.app import USERS_ENV
+from motionpref.prefs.pairs import write_pairs as write_pairs_table
 
 CHROMIUM = "/usr/bin/chromium"
 # Without the background-networking flags Chromium's own connections exhaust this closed network.
@@ -62,6 +63,24 @@ def stick_figure(n_frames: int, speed: float, arm: float, wave: float, fps: floa
     return extract_features(forward_kinematics(rot, root))
 
 
+def pair_row(**fields: object) -> dict:
+    """A row of the pairs table (``PAIRS_SCHEMA``): what the app does not read gets a plain value."""
+    row = {
+        "prompt_id": f"q-{fields['pair_id']}",
+        "program": None,
+        "seed_a": 0,
+        "seed_b": 1,
+        "temperature": 1.2,
+        "tokens_a": [],
+        "tokens_b": [],
+        "valid_a": True,
+        "valid_b": True,
+        "policy_hash": "test",
+        "preview": None,
+    }
+    return {**row, **fields}
+
+
 def write_pairs(root: Path, n_pairs: int = 5, n_frames: int = 41, preview_for: int | None = None) -> Path:
     """`root/pairs.parquet` with ``n_pairs`` pairs p1..pN whose feature files live under ``root``
     (paths relative to it, as in the real table); pair ``preview_for`` (1-based) gets a ready GIF."""
@@ -81,17 +100,16 @@ def write_pairs(root: Path, n_pairs: int = 5, n_frames: int = 41, preview_for: i
             preview = f"previews/p{k}.gif"
             render_side_by_side(a, b, root / preview, size=128, every=4)
         rows.append(
-            {
-                "pair_id": f"p{k}",
-                "prompt_id": f"q{k}",
-                "prompt": prompt,
-                "features_a": f"motions/p{k}_a.npy",
-                "features_b": f"motions/p{k}_b.npy",
-                "preview": preview,
-            }
+            pair_row(
+                pair_id=f"p{k}",
+                prompt=prompt,
+                features_a=f"motions/p{k}_a.npy",
+                features_b=f"motions/p{k}_b.npy",
+                preview=preview,
+            )
         )
     path = root / "pairs.parquet"
-    pd.DataFrame(rows).to_parquet(path)
+    write_pairs_table(pd.DataFrame(rows), path)
     return path
 
 
@@ -99,16 +117,11 @@ def write_bare_pairs(root: Path, n_pairs: int) -> Path:
     """`root/pairs.parquet` with pairs p0..p{n-1} whose feature files do not exist: enough for the JSON API,
     which never renders."""
     rows = [
-        {
-            "pair_id": f"p{k}",
-            "prompt": f"prompt {k}",
-            "features_a": f"m/{k}a.npy",
-            "features_b": f"m/{k}b.npy",
-        }
+        pair_row(pair_id=f"p{k}", prompt=f"prompt {k}", features_a=f"m/{k}a.npy", features_b=f"m/{k}b.npy")
         for k in range(n_pairs)
     ]
     path = root / "pairs.parquet"
-    pd.DataFrame(rows).to_parquet(path)
+    write_pairs_table(pd.DataFrame(rows), path)
     return path
 
 

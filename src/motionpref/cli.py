@@ -111,15 +111,17 @@ def label_app(
 ) -> None:
     """Serve the labeling app: two motions side by side, pick the better one and by how much (or skip)."""
     try:
-        cfg = load_params(params).app
+        resolved = load_params(params)
     except ConfigError as e:
         _fail(str(e))
+    cfg = resolved.app
     from motionpref.pipeline import PREFS
     from motionpref.prefs.app import label_app_main
 
+    # the pairs and label folder that ingest_labels reads, so what a human labels is what gets ingested
     label_app_main(
-        Path(PREFS) / "pairs.parquet",
-        Path(PREFS) / "labels",
+        resolved.ingest.pairs,
+        resolved.ingest.labels_dir,
         host or cfg.host,
         port or cfg.port,
         users,

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from motionpref.models.policy import MotionPolicy
 from motionpref.pipeline import STAGES, run_stage
 from tests.conftest import CMU_DIR
 
@@ -33,11 +34,18 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("DVC_ROOT", raising=False)
     uri = f"sqlite:///{project / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    algorithms = ["dpo", "rlhf", "sopo"]
+    plan: list[tuple[str, str | None]] = [
+        *[(name, None) for name in list(STAGES)[:5]],
+        ("evaluate", "gt"),
+        ("evaluate", "sft"),
+        *[(name, None) for name in ("generate_prompts", "sample_pairs", "label", "ingest_labels", "train_reward")],
+        *[(stage, algo) for stage in ("finetune", "evaluate", "winrate") for algo in algorithms],
+    ]
+    assert {name for name, _ in plan} == set(STAGES)
     metrics = {}
-    for name in STAGES:
-        items = ["gt", "sft"] if name == "evaluate" else [None]
-        for item in items:
-            metrics[item or name] = run_stage(name, project / "params.yaml", item=item)
+    for name, item in plan:
+        metrics[f"{name}@{item}" if item else name] = run_stage(name, project / "params.yaml", item=item)
 
     data = project / "data"
     assert (data / "dataset" / "Mean.npy").is_file() and (data / "dataset" / "programs.jsonl").is_file()
@@ -48,7 +56,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
         report = json.loads((project / "reports" / "metrics" / f"{item}.json").read_text())
         assert set(report["metrics"]) >= {"r_precision_top3", "fid", "diversity", "mm_dist", "judge", "realism"}
         assert 0 <= report["metrics"]["r_precision_top1"]["mean"] <= 1
-    assert metrics["gt"]["judge"]["mean"] > 0.6  # the test motions do what their captions say
+    assert metrics["evaluate@gt"]["judge"]["mean"] > 0.6  # the test motions do what their captions say
 
     prompts = pd.read_parquet(data / "prefs" / "prompts.parquet")
     pairs = pd.read_parquet(data / "prefs" / "pairs.parquet")
@@ -61,10 +69,22 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     assert stats["pairs_in_table"] == len(pairs) and stats["preferences"] == len(prefs)
     assert (data / "prefs" / "labels" / "simulated" / "sim-0.jsonl").is_file()
 
+    assert (data / "models" / "reward" / "model.safetensors").is_file()
+    assert 0 <= metrics["train_reward"]["val_accuracy"] <= 1
+    for algo in algorithms:
+        MotionPolicy.load(data / "models" / f"policy_{algo}")  # a plain (adapters merged) policy
+        report = json.loads((project / "reports" / "metrics" / f"{algo}.json").read_text())
+        assert 0 <= report["metrics"]["r_precision_top1"]["mean"] <= 1
+        rates = [metrics[f"winrate@{algo}"][f"{algo}/t1.2/{o}"] for o in ("win", "tie", "loss")]
+        assert sum(rates) == pytest.approx(1.0)
+        assert (project / "reports" / "winrate" / f"{algo}.png").is_file()
+    assert 0 <= metrics["finetune@sopo"]["valuable_fraction"] <= 1
+    assert metrics["finetune@dpo"]["train_pairs"] == (prefs["split"] == "train").sum()
+
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("motionpref").experiment_id])
     stages = sorted(r.data.tags["motionpref.stage"] for r in runs)
-    assert stages == sorted([s for s in STAGES if s != "evaluate"] + ["evaluate@gt", "evaluate@sft"])
+    assert stages == sorted(f"{name}@{item}" if item else name for name, item in plan)
     assert all(r.info.status == "FINISHED" and r.data.tags["motionpref.profile"] == "smoke" for r in runs)
 
 

@@ -399,6 +399,117 @@ class IngestConfig(Section):
         return self
 
 
+class RewardTrainConfig(Section):
+    """Bradley-Terry reward modelling with trl's RewardTrainer (the paper: margin by degree, 10% held out)."""
+
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    use_margin: bool = True  # subtract the degree's margin inside the sigmoid (Llama 2's margin loss)
+    center_rewards_coefficient: float | None = Field(None, ge=0)
+    max_length: int = Field(512, ge=8)  # prompt + motion tokens
+
+
+class RewardSection(Section):
+    train: RewardTrainConfig = RewardTrainConfig()
+
+
+class LoraConfig(Section):
+    """LoRA adapters (peft); off means full finetuning. The paper: r 8, alpha 16, dropout 0.05."""
+
+    enabled: bool = True
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = None  # null: peft's defaults for the architecture (T5: q, v)
+
+
+class PreferenceFilter(Section):
+    """Which preferences train: by degree and by fraction of the data (the paper's data ablations)."""
+
+    degrees: Literal["all", "much_better", "better", "slightly_better", "all_better"] = "all"
+    include_negligible: bool = True  # also keep "negligible" pairs (only with degrees all / all_better)
+    fraction: float = Field(1.0, gt=0, le=1)  # seeded subset of the training pairs
+
+
+class DPOConfig(Section):
+    """Offline preference optimisation on the labelled pairs (Rafailov et al. 2023 and its variants)."""
+
+    loss: Literal["sigmoid", "ipo", "hinge", "kto"] = "ipo"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # conservative DPO (sigmoid only)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    data: PreferenceFilter = PreferenceFilter()
+    select_by: Literal["val_loss", "val_accuracy"] = "val_loss"  # which epoch's weights are kept
+
+
+class SoPoConfig(Section):
+    """Semi-online preference optimisation (SoPo): dataset motion preferred, the worst of K online samples
+    unpreferred when the retrieval scorer rates it below ``tau``."""
+
+    variant: Literal["dsopo", "usopo", "sopo_no_vu", "sopo"] = "sopo"
+    k: int = Field(4, ge=1)  # online samples per caption
+    tau: float = Field(0.45, ge=0, le=1)  # an unpreferred sample must score below this to be "valuable"
+    c: float = Field(2.0, gt=0)  # beta_w = beta * (c - S(x_w))
+    temperature: float = Field(1.0, gt=0)  # of the online samples
+    max_new_tokens: int = Field(64, ge=3)
+    epochs: int = Field(2, ge=1)
+    captions_per_epoch: int | None = Field(None, ge=1)  # a seeded subset of the training clips per epoch
+    batch_size: int = Field(32, ge=1)  # captions per step (K samples each)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class PPOConfig(Section):
+    """RLHF with PPO against the reward model, as the paper ran it (trl 0.x PPOTrainer's recipe)."""
+
+    steps: int = Field(100, ge=1)  # PPO iterations (one rollout batch each)
+    batch_size: int = Field(32, ge=1)  # prompts per rollout
+    mini_batch_size: int = Field(8, ge=1)
+    ppo_epochs: int = Field(4, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    kl_coef: float = Field(0.05, ge=0)  # fixed per-token KL penalty to the reference
+    whiten_rewards: bool = True
+    score_scale: float = Field(1.0, gt=0)
+    score_clip: float | None = Field(None, gt=0)
+    clip_range: float = Field(0.2, gt=0)
+    clip_range_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    neftune_alpha: float | None = Field(0.1, gt=0)  # NEFTune embedding noise; null turns it off
+    value_head_std: float = Field(0.2, gt=0)  # value head init N(0, std), bias 0
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(64, ge=3)
+    grad_clip: float = Field(1.0, gt=0)
+
+
+class AlgoSection(Section):
+    """The preference-finetuning algorithms (``finetune@dpo``, ``finetune@rlhf``, ``finetune@sopo``)."""
+
+    beta: float = Field(0.1, gt=0)  # DPO family and SoPo
+    seed: int = Field(0, ge=0)  # the finetuning replicate: reseeds finetuning, its evaluation and win rates
+    lora: LoraConfig = LoraConfig()
+    dpo: DPOConfig = DPOConfig()
+    sopo: SoPoConfig = SoPoConfig()
+    ppo: PPOConfig = PPOConfig()
+
+
+class WinrateConfig(Section):
+    """Supervised vs finetuned samples on held-out preference prompts, judged by the simulated labelers."""
+
+    temperatures: list[float] = [1.0, 1.2, 1.5, 2.0]
+    prompts: int = Field(300, ge=1)  # held-out prompts per temperature
+    sampling: SamplingConfig = SamplingConfig()  # temperature is taken from ``temperatures``
+
+
 class AppConfig(Section):
     host: str = "127.0.0.1"  # another host exposes the app: set a login (MOTIONPREF_APP_USERS) then
     port: int = Field(7860, ge=1, le=65535)
@@ -422,6 +533,9 @@ class Params(Section):
     labels: LabelsConfig = LabelsConfig()
     ingest: IngestConfig = IngestConfig()
     app: AppConfig = AppConfig()
+    reward: RewardSection = RewardSection()
+    algo: AlgoSection = AlgoSection()
+    winrate: WinrateConfig = WinrateConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def stage_seed(self, stage: str) -> int:

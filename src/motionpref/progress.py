@@ -21,7 +21,11 @@ def track(iterable: Iterable[T], description: str = "", total: int | None = None
 
 
 def quiet_libraries() -> None:
-    """Silence transformers' own progress bars (weights loading, shard writing) when nobody watches."""
+    """Silence transformers' own progress bars (weights loading, shard writing) when nobody watches, and a
+    deprecation warning peft raises inside ``get_peft_model`` on every LoRA run (nothing we call)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if not interactive():
         from transformers.utils import logging
 

@@ -40,8 +40,11 @@ STAGES: dict[str, str] = {
     "sample_pairs": "Sample two motions per prompt from the SFT policy (temperature 1.2) into pairs.parquet.",
     "label": "Label the pairs with simulated labelers (the synthetic judge) or AI feedback (the retrieval scorer).",
     "ingest_labels": "Validate and resolve every judgment into data/prefs/preferences.parquet and statistics.",
+    "train_reward": "Train the Bradley-Terry reward model (from the SFT policy) on the labelled pairs.",
+    "finetune": "Preference-finetune the SFT policy: dpo (DPO family), rlhf (PPO) or sopo (semi-online DPO).",
+    "winrate": "Finetuned vs supervised samples on held-out prompts at several temperatures, judged by labelers.",
 }
-ITEM_STAGES = {"evaluate"}  # stages run once per item (`evaluate@sft`)
+ITEM_STAGES = {"evaluate", "finetune", "winrate"}  # stages run once per item (`evaluate@sft`)
 
 
 @dataclass

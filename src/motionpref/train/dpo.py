@@ -1,0 +1,188 @@
+"""Offline preference optimisation of the policy on labelled pairs: DPO and its variants (IPO, hinge, KTO).
+
+The reference is frozen, so its log-probabilities of every training and validation answer are computed once
+before the first step. Each epoch ends with a validation pass (loss, preference accuracy of the implicit
+reward, per degree); the epoch with the best validation metric is the one kept, as the paper did.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from transformers import get_linear_schedule_with_warmup
+
+from motionpref.config import DPOConfig, LoraConfig
+from motionpref.models.policy import MotionPolicy
+from motionpref.progress import track
+from motionpref.train.losses import implicit_rewards, preference_loss
+from motionpref.train.preference import (
+    PreferencePair,
+    Reference,
+    apply_lora,
+    disable_dropout,
+    merge_lora,
+    pair_logprobs,
+    trainable_state,
+)
+
+LogMetric = Callable[[str, float, int], None]
+
+
+def logprob_reduction(loss: str) -> str:
+    """IPO scores answers by their mean token log-probability, as its authors ran it and trl does; the other
+    losses by the sum, log pi(y | x) itself."""
+    return "mean" if loss == "ipo" else "sum"
+
+
+def reference_logprobs(
+    reference: Reference, pairs: Sequence[PreferencePair], reduction: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    captions = [p.caption for p in pairs]
+    return (
+        reference.logprobs(captions, [p.chosen for p in pairs], reduction),
+        reference.logprobs(captions, [p.rejected for p in pairs], reduction),
+    )
+
+
+def pair_accuracy(margin: torch.Tensor) -> torch.Tensor:
+    """1 where the implicit reward ranks the chosen answer first, 0 where it ranks it last, 1/2 on a tie (the
+    reference itself ties every pair: it scores 0.5, not 0)."""
+    return (margin > 0).float() + 0.5 * (margin == 0).float()
+
+
+@torch.no_grad()
+def evaluate_pairs(
+    policy: MotionPolicy,
+    pairs: Sequence[PreferencePair],
+    ref: tuple[torch.Tensor, torch.Tensor],
+    config: DPOConfig,
+    beta: float,
+) -> dict[str, float]:
+    """Mean loss, preference accuracy (implicit reward of the chosen answer above the rejected one) and
+    reward margin, overall and per degree."""
+    was_training = policy.model.training
+    policy.model.eval()
+    losses, correct, margins = [], [], []
+    for begin in range(0, len(pairs), config.batch_size):
+        chunk = pairs[begin : begin + config.batch_size]
+        pw, pl = pair_logprobs(
+            policy,
+            [p.caption for p in chunk],
+            [p.chosen for p in chunk],
+            [p.rejected for p in chunk],
+            logprob_reduction(config.loss),
+        )
+        rw, rl = ref[0][begin : begin + len(chunk)], ref[1][begin : begin + len(chunk)]
+        pw, pl = pw.cpu(), pl.cpu()
+        losses.append(preference_loss(config.loss, pw, pl, rw, rl, beta, config.label_smoothing))
+        margin = implicit_rewards(pw, rw, beta) - implicit_rewards(pl, rl, beta)
+        margins.append(margin)
+        correct.append(pair_accuracy(margin))
+    policy.model.train(was_training)
+    loss, acc, margin = torch.cat(losses), torch.cat(correct), torch.cat(margins)
+    out = {"loss": loss.mean().item(), "accuracy": acc.mean().item(), "margin": margin.mean().item()}
+    degrees = [p.degree for p in pairs]
+    for degree in sorted(set(degrees)):
+        mask = torch.tensor([d == degree for d in degrees])
+        out[f"accuracy_{degree}"] = acc[mask].mean().item()
+    return out
+
+
+def train_dpo(
+    policy: MotionPolicy,
+    train: Sequence[PreferencePair],
+    val: Sequence[PreferencePair],
+    config: DPOConfig,
+    beta: float,
+    lora: LoraConfig,
+    seed: int,
+    out_dir: str | Path,
+    log_metric: LogMetric | None = None,
+) -> dict[str, float]:
+    """Finetune ``policy`` in place with the DPO-family loss ``config.loss``; save the best-validation epoch
+    (adapters merged) to ``out_dir`` and leave ``policy`` holding it.
+
+    Returns the best epoch's validation metrics (``val_*``), ``best_epoch``, the last epoch's train loss and
+    accuracy, and the validation metrics before training (``val0_*``: the reference itself).
+    """
+    if not train or not val:
+        raise ValueError(f"train_dpo needs training and validation pairs (got {len(train)} and {len(val)})")
+    torch.manual_seed(seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    disable_dropout(policy.model)
+    apply_lora(policy, lora)
+    policy.model.to(accelerator.device)
+    reference = Reference(policy)
+    reduction = logprob_reduction(config.loss)
+    ref_train = reference_logprobs(reference, train, reduction)
+    ref_val = reference_logprobs(reference, val, reduction)
+
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    scheduler = get_linear_schedule_with_warmup(optimiser, min(config.warmup_steps, total), total)
+    policy.model, optimiser = accelerator.prepare(policy.model, optimiser)
+
+    higher_is_better = config.select_by == "val_accuracy"
+    metric_key = config.select_by.removeprefix("val_")
+    initial = evaluate_pairs(policy, val, ref_val, config, beta)
+    best = {f"val_{k}": v for k, v in initial.items()}
+    best["best_epoch"] = 0.0
+    best_state = trainable_state(policy.model)
+    rng = random.Random(seed)
+    step = 0
+    last: dict[str, float] = {}
+    for epoch in range(1, config.epochs + 1):
+        policy.model.train()
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        loss_sum = acc_sum = 0.0
+        for begin in track(range(0, len(order), config.batch_size), f"{config.loss} epoch {epoch}", steps_per_epoch):
+            rows = order[begin : begin + config.batch_size]
+            batch = [train[i] for i in rows]
+            pw, pl = pair_logprobs(
+                policy,
+                [p.caption for p in batch],
+                [p.chosen for p in batch],
+                [p.rejected for p in batch],
+                reduction,
+            )
+            device = pw.device
+            rw, rl = ref_train[0][rows].to(device), ref_train[1][rows].to(device)
+            loss = preference_loss(config.loss, pw, pl, rw, rl, beta, config.label_smoothing).mean()
+            optimiser.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, config.grad_clip)
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            margin = implicit_rewards(pw, rw, beta) - implicit_rewards(pl, rl, beta)
+            loss_sum += loss.item() * len(rows)
+            acc_sum += pair_accuracy(margin).sum().item()
+            if log_metric is not None:
+                log_metric("dpo/train_loss", loss.item(), step)
+                log_metric("dpo/train_margin", margin.mean().item(), step)
+        last = {"train_loss": loss_sum / len(train), "train_accuracy": acc_sum / len(train)}
+        val_metrics = evaluate_pairs(policy, val, ref_val, config, beta)
+        if log_metric is not None:
+            for k, v in val_metrics.items():
+                log_metric(f"dpo/val_{k}", v, step)
+            log_metric("dpo/epoch_train_loss", last["train_loss"], step)
+        value, current = val_metrics[metric_key], best[f"val_{metric_key}"]
+        if epoch == 1 or (value > current if higher_is_better else value < current):
+            best = {f"val_{k}": v for k, v in val_metrics.items()}
+            best["best_epoch"] = float(epoch)
+            best_state = trainable_state(policy.model)
+    model = accelerator.unwrap_model(policy.model)
+    model.load_state_dict(best_state, strict=False)
+    policy.model = model
+    merge_lora(policy)
+    policy.model.eval()
+    policy.save(out_dir)
+    return {**last, **best, **{f"val0_{k}": v for k, v in initial.items()}, "epochs": float(config.epochs)}

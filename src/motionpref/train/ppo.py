@@ -1,0 +1,478 @@
+"""RLHF of the motion policy with PPO (Schulman et al. 2017), as the paper ran trl's PPO recipe.
+
+trl 1.x no longer ships PPO, so the loop is written here, step for step as trl's PPOv2 trainer ran it:
+
+1. draw ``batch_size`` captions, sample one motion each (constrained decoding, ``temperature``);
+2. score the motions with the reward model; scale the score by its running standard deviation times
+   ``score_scale`` (trl 0.x ``use_score_scaling``) and clip it to ``score_clip``;
+3. per-token rewards: ``-kl_coef * (log pi - log pi_ref)`` on every answer token, plus the score on the last one;
+   optionally whitened over the batch without shifting their mean (trl ``whiten_rewards``);
+4. GAE advantages from a separate value network (the reward model's transformer body plus a fresh scalar head),
+   whitened over the batch; returns = advantages + values;
+5. ``ppo_epochs`` passes of shuffled mini-batches minimising the clipped policy loss + ``vf_coef`` * the clipped
+   value loss, with NEFTune noise on the policy's input embeddings and no dropout.
+
+Samples without a well-formed motion (no end token within ``max_new_tokens``) are dropped from the batch: they
+have no answer to teacher-force in the motion layout; their share is logged as ``ppo/invalid_rate``.
+
+The policy PPO optimises is the one the sampler runs: logits divided by the temperature (as trl) and renormalised
+over the tokens the motion grammar allows (``MotionPolicy.sample(constrained=True)``), so the importance ratios,
+the KL to the reference and the entropy are those of the sampled distribution. Unconstrained log-probabilities
+would let an update push mass onto tokens the sampler never emits and make the sampled KL estimate negative.
+That is why log-probabilities are computed here, in the policy's own input layout (which the value network
+shares), rather than with ``MotionPolicy.token_scores``; a test checks they equal ``token_scores`` when neither
+temperature nor grammar applies.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.integrations.neftune import neftune_post_forward_hook
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+from motionpref.config import LoraConfig, PPOConfig
+from motionpref.models.policy import MotionPolicy, _MotionGrammar
+from motionpref.progress import track
+from motionpref.train.preference import Reference, apply_lora, disable_dropout, merge_lora
+
+LogMetric = Callable[[str, float, int], None]
+RewardFn = Callable[[list[str], list[list[int]]], Tensor]
+
+WHITEN_EPS = 1e-8  # as trl's masked_whiten
+
+
+# ------------------------------------------------------------------------------------------------------ math
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the positions where ``mask`` is True."""
+    return (x * mask).sum() / mask.sum()
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the masked entries (unbiased variance, as trl); with
+    ``shift_mean=False`` the mean is added back, so only the scale changes. Entries off ``mask`` become 0."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    var = masked_mean((x - mean) ** 2, mask) * n / (n - 1)
+    whitened = (x - mean) * torch.rsqrt(var + WHITEN_EPS)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def kl_penalised_rewards(
+    scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kl_coef: float
+) -> Tensor:
+    """Per-token rewards of the KL-regularised objective R(x, y) = r(x, y) - beta log(pi(y|x) / pi_ref(y|x))
+    (Ziegler et al. 2019, eq. 2), spread over tokens as trl does: r_t = -beta (log pi(y_t) - log pi_ref(y_t)),
+    plus the score r(x, y) on the last answer token. ``scores`` (B,); the others (B, L) with a prefix ``mask``."""
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    last = mask.sum(-1) - 1
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last] += scores
+    return rewards
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16; PPO paper eqs. 11-12):
+    delta_t = r_t + gamma V(s_{t+1}) - V(s_t), A_t = sum_l (gamma lam)^l delta_{t+l}, with V = 0 after the last
+    token. Returns (advantages, returns = advantages + values), both 0 off the prefix ``mask``; all (B, L)."""
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def clipped_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float
+) -> tuple[Tensor, Tensor]:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated to a loss and averaged over tokens:
+    -min(rho A, clip(rho, 1 - eps, 1 + eps) A) with rho = pi(a|s) / pi_old(a|s).
+    Returns (loss, fraction of tokens where the clipped term was the one taken)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+def clipped_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_range: float
+) -> tuple[Tensor, Tensor]:
+    """Clipped value loss of OpenAI baselines' ppo2 (as trl): 1/2 max((V - R)^2, (V_clip - R)^2) with
+    V_clip = V_old + clip(V - V_old, -eps, eps), averaged over tokens.
+    Returns (loss, fraction of tokens where the clipped term was the larger)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    return loss, masked_mean((clipped_loss > unclipped_loss).float(), mask)
+
+
+class RunningMoments:
+    """Running mean and unbiased standard deviation of every value seen (Chan et al.'s parallel update, as trl
+    0.x's ``RunningMoments`` behind ``use_score_scaling``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = 0.0
+        self.m2 = 0.0  # sum of squared deviations from the mean
+
+    def update(self, x: Tensor) -> None:
+        n = x.numel()
+        batch_mean = x.double().mean().item()
+        batch_m2 = ((x.double() - batch_mean) ** 2).sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.mean += delta * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else 0.0
+
+
+def scale_scores(scores: Tensor, std: float, scale: float, clip: float | None) -> Tensor:
+    """trl 0.x score scaling: ``scale * score / std`` (``std`` the running standard deviation of the scores),
+    then clipped to [-clip, clip]. A zero std (all scores so far identical) carries no scale and leaves the
+    scores unscaled."""
+    scores = scale * scores / (std if std > 0 else 1.0)
+    return scores.clamp(-clip, clip) if clip is not None else scores
+
+
+# -------------------------------------------------------------------------------------------- model layout
+@dataclass
+class AnswerLayout:
+    """Inputs that put (prompt, answer) pairs in a model's training layout, and where each answer token's
+    prediction comes out.
+
+    Encoder-decoder: the encoder reads the prompt, the decoder ``decoder_start, a_0 .. a_{L-2}``; decoder position t
+    predicts a_t. Decoder-only: ``prompt + answer`` right-padded; position ``len(prompt) - 1 + t`` predicts a_t.
+    Either way the output for a_t has seen the prompt and a_<t only."""
+
+    inputs: dict[str, Tensor]
+    targets: Tensor  # (B, L) answer token ids (start, codes, end, </s>), 0 off mask
+    mask: Tensor  # (B, L) bool, True on answer tokens
+    positions: Tensor | None  # (B, L) output row predicting each answer token (decoder-only), else None
+
+    def select(self, outputs: Tensor) -> Tensor:
+        """(B, S, ...) model outputs -> (B, L, ...) at the answer tokens."""
+        if self.positions is None:
+            return outputs
+        index = self.positions.view(*self.positions.shape, *[1] * (outputs.dim() - 2))
+        return outputs.gather(1, index.expand(-1, -1, *outputs.shape[2:]))
+
+
+def _rows(rows: Sequence[Sequence[int]], value: int) -> Tensor:
+    return pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True, padding_value=value)
+
+
+def answer_layout(
+    policy: MotionPolicy, prompts: Sequence[str], codes: Sequence[Sequence[int]], config: PretrainedConfig
+) -> AnswerLayout:
+    """The layout of ``config``'s architecture for the policy's prompt and answer tokens."""
+    targets = [policy.target_ids(c) for c in codes]
+    pad = policy.tokenizer.pad_token_id
+    mask = _rows([[1] * len(t) for t in targets], 0).bool()
+    device = policy.device
+    if config.is_encoder_decoder:
+        # T5 starts the decoder from pad when the config names no other start token.
+        start = getattr(config, "decoder_start_token_id", None)
+        start = config.pad_token_id if start is None else start
+        inputs = policy.encode_prompts(prompts)
+        inputs["decoder_input_ids"] = _rows([[start, *t[:-1]] for t in targets], pad).to(device)
+        positions = None
+    else:
+        prompt_rows = policy.prompt_ids(prompts)
+        sequences = [p + t for p, t in zip(prompt_rows, targets, strict=True)]
+        inputs = {
+            "input_ids": _rows(sequences, pad).to(device),
+            "attention_mask": _rows([[1] * len(s) for s in sequences], 0).to(device),
+        }
+        width = mask.shape[1]
+        positions = torch.stack([len(p) - 1 + torch.arange(width) for p in prompt_rows])
+        positions = positions.clamp(max=inputs["input_ids"].shape[1] - 1).to(device)
+    return AnswerLayout(inputs, _rows(targets, 0).to(device), mask.to(device), positions)
+
+
+def motion_grammar(policy: MotionPolicy) -> _MotionGrammar:
+    """The grammar ``MotionPolicy.sample`` decodes with (``constrained=True``): start, codes, end, ``</s>``."""
+    codes = range(policy.motion_offset, policy.motion_offset + policy.codebook_size)
+    return _MotionGrammar(policy.start_id, policy.end_id, policy.tokenizer.eos_token_id, codes)
+
+
+def token_stats(
+    model: nn.Module, layout: AnswerLayout, temperature: float, grammar: _MotionGrammar | None
+) -> tuple[Tensor, Tensor]:
+    """Per answer token: log pi(a_t | s_t) and the entropy of pi(. | s_t); both (B, L), 0 off the mask.
+
+    pi is the distribution sampled from: the logits divided by ``temperature`` (as trl) and, with ``grammar``,
+    renormalised over the tokens the motion grammar allows after a_<t. PPO then optimises the policy the sampler
+    runs, and a forced token (start, ``</s>``) has log-probability 0."""
+    logits = layout.select(model(**layout.inputs).logits).float() / temperature
+    if grammar is not None:
+        # Column t sees the prefix a_<t behind a text token (0: never a motion token) standing for the prompt.
+        prefixes = F.pad(layout.targets, (1, 0), value=0)
+        columns = [grammar(prefixes[:, : t + 1], logits[:, t]) for t in range(logits.shape[1])]
+        # A finite floor instead of -inf keeps 0 * log 0 in the entropy at 0 rather than NaN.
+        logits = torch.stack(columns, 1).clamp(min=torch.finfo(logits.dtype).min)
+    logprobs = selective_log_softmax(logits, layout.targets)
+    return logprobs * layout.mask, entropy_from_logits(logits) * layout.mask
+
+
+class ValueModel(nn.Module):
+    """V(s_t) for every answer token: a copy of a reward model's transformer body (``base_model`` of a
+    ``*ForSequenceClassification``) and a fresh scalar head, run in the answer layout of the body's architecture,
+    so the value of token t sees the prompt and the tokens before t only."""
+
+    def __init__(self, reward_model: PreTrainedModel, head_std: float, generator: torch.Generator) -> None:
+        super().__init__()
+        self.config = reward_model.config
+        self.body = copy.deepcopy(reward_model.base_model)
+        self.head = nn.Linear(self.config.hidden_size, 1)
+        nn.init.normal_(self.head.weight, 0.0, head_std, generator=generator)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, layout: AnswerLayout) -> Tensor:
+        hidden = layout.select(self.body(**layout.inputs).last_hidden_state)
+        return self.head(hidden).squeeze(-1) * layout.mask
+
+
+@contextmanager
+def neftune(model: nn.Module, alpha: float | None) -> Iterator[None]:
+    """NEFTune (Jain et al. 2023): uniform noise of scale alpha / sqrt(L d) on the input embeddings in forward
+    passes made in training mode, through transformers' hook; removed on exit. ``alpha=None`` does nothing."""
+    if alpha is None:
+        yield
+        return
+    # Not transformers' activate_neftune: it hooks get_input_embeddings() alone, which T5 in transformers 5 never
+    # calls (encoder and decoder own embedding modules tied to it). Hook every embedding sharing its weight.
+    weight = model.get_input_embeddings().weight
+    modules = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is weight]
+    handles = []
+    for module in modules:
+        module.neftune_noise_alpha = alpha
+        handles.append(module.register_forward_hook(neftune_post_forward_hook))
+    try:
+        yield
+    finally:
+        for handle, module in zip(handles, modules, strict=True):
+            handle.remove()
+            del module.neftune_noise_alpha
+
+
+# ------------------------------------------------------------------------------------------------- training
+@dataclass
+class _Rollout:
+    """One batch of sampled motions with what the PPO updates need, all (B, L) over the answer tokens."""
+
+    prompts: list[str]
+    codes: list[list[int]]
+    logprobs: Tensor  # under the sampling policy
+    values: Tensor
+    advantages: Tensor
+    returns: Tensor
+
+    def rows(self, index: Tensor, width: int) -> tuple[Tensor, ...]:
+        return tuple(t[index, :width] for t in (self.logprobs, self.values, self.advantages, self.returns))
+
+
+def _caption_batches(captions: Sequence[str], size: int, rng: random.Random) -> Iterator[list[str]]:
+    """Endless batches of ``size`` captions: shuffled passes over ``captions``, a batch may span two passes."""
+    order: list[str] = []
+    while True:
+        while len(order) < size:
+            epoch = list(captions)
+            rng.shuffle(epoch)
+            order.extend(epoch)
+        yield order[:size]
+        order = order[size:]
+
+
+def _check_value_init(policy: MotionPolicy, value_init: PreTrainedModel) -> None:
+    rows = value_init.get_input_embeddings().num_embeddings
+    if rows < len(policy.tokenizer):
+        raise ValueError(
+            f"value_init ({type(value_init).__name__}) has {rows} embedding rows but the policy's tokenizer has "
+            f"{len(policy.tokenizer)} tokens; the value network must read the policy's token ids"
+        )
+
+
+def train_ppo(
+    policy: MotionPolicy,
+    reward_fn: RewardFn,
+    value_init: PreTrainedModel,
+    captions: Sequence[str],
+    config: PPOConfig,
+    lora: LoraConfig,
+    seed: int,
+    log_metric: LogMetric | None = None,
+) -> dict[str, float]:
+    """Finetune ``policy`` in place with PPO against ``reward_fn(prompts, codes) -> (B,)``.
+
+    The value network is ``value_init``'s transformer body (copied; ``value_init`` is untouched) with a fresh
+    scalar head. The reference is the initial policy (a frozen copy, or with LoRA the base model with the
+    adapters disabled). With LoRA the adapters are merged at the end, so ``policy.save`` writes a plain model.
+
+    Logs per step ``ppo/score_mean``, ``ppo/rlhf_reward`` (score - kl_coef * KL), ``ppo/kl`` (sequence KL to the
+    reference), ``ppo/entropy`` (per token), ``ppo/policy_loss``, ``ppo/value_loss``, ``ppo/clip_frac``,
+    ``ppo/value_clip_frac``, ``ppo/approx_kl``, ``ppo/invalid_rate`` and ``ppo/length_mean`` (codes per valid
+    motion); a step whose samples are all invalid logs ``ppo/invalid_rate`` only and makes no update.
+    Returns each metric's last value (without the ``ppo/`` prefix) and ``score_mean_first``.
+    """
+    if not captions:
+        raise ValueError("train_ppo: no captions to prompt the policy with")
+    _check_value_init(policy, value_init)
+    torch.manual_seed(seed)  # NEFTune's noise draws from the global generator
+    rng = random.Random(seed)
+    batches = _caption_batches(captions, config.batch_size, rng)
+    ppo = _PPO(policy, reward_fn, value_init, config, lora, seed)
+    history: dict[str, float] = {}
+    try:
+        with neftune(policy.model, config.neftune_alpha):
+            for step in track(range(1, config.steps + 1), description="ppo", total=config.steps):
+                seeds = [rng.randrange(2**31) for _ in range(config.batch_size)]
+                metrics = ppo.step(next(batches), seeds)
+                if "score_mean" in metrics:
+                    history.setdefault("score_mean_first", metrics["score_mean"])
+                history.update(metrics)
+                if log_metric is not None:
+                    for name, value in metrics.items():
+                        log_metric(f"ppo/{name}", value, step)
+    finally:
+        merge_lora(policy)
+        # peft froze the base weights; the merged model is a plain, trainable model again.
+        policy.model.requires_grad_(True)
+        policy.model.eval()
+    return history
+
+
+class _PPO:
+    """The models and optimiser state of one PPO run."""
+
+    def __init__(
+        self,
+        policy: MotionPolicy,
+        reward_fn: RewardFn,
+        value_init: PreTrainedModel,
+        config: PPOConfig,
+        lora: LoraConfig,
+        seed: int,
+    ) -> None:
+        self.policy, self.reward_fn, self.config = policy, reward_fn, config
+        self.generator = torch.Generator().manual_seed(seed)  # value head init, mini-batch order
+        self.value_model = ValueModel(value_init, config.value_head_std, self.generator).to(policy.device)
+        disable_dropout(self.value_model)
+        disable_dropout(policy.model)
+        apply_lora(policy, lora)
+        self.reference = Reference(policy)
+        self.grammar = motion_grammar(policy)
+        self.moments = RunningMoments()
+        self.params = [p for p in (*policy.model.parameters(), *self.value_model.parameters()) if p.requires_grad]
+        self.optimiser = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=0.0)
+
+    def step(self, captions: list[str], seeds: list[int]) -> dict[str, float]:
+        """Sample one motion per caption, then PPO updates on the valid ones; the step's metrics."""
+        config = self.config
+        samples = self.policy.sample(
+            captions, seeds, temperature=config.temperature, max_new_tokens=config.max_new_tokens
+        )
+        metrics = {"invalid_rate": samples.n_invalid / len(captions)}
+        keep = [i for i, ok in enumerate(samples.valid) if ok]
+        if not keep:
+            return metrics
+        codes = [samples.codes[i] for i in keep]
+        rollout, rollout_metrics = self.rollout([self.policy.prompt(captions[i]) for i in keep], codes)
+        metrics.update(rollout_metrics)
+        metrics["length_mean"] = sum(len(c) for c in codes) / len(codes)
+        self.policy.model.train()
+        self.value_model.train()
+        updates = [
+            self.update(rollout, index)
+            for _ in range(config.ppo_epochs)
+            for index in torch.randperm(len(keep), generator=self.generator).split(config.mini_batch_size)
+        ]
+        metrics.update({name: sum(u[name] for u in updates) / len(updates) for name in updates[0]})
+        return metrics
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[str], codes: list[list[int]]) -> tuple[_Rollout, dict[str, float]]:
+        """Scores, log-probabilities (sampling policy and reference), values, rewards and advantages of a batch.
+        Evaluation mode throughout, so NEFTune adds no noise to the sampling policy or the reference."""
+        policy, config = self.policy, self.config
+        policy.model.eval()
+        self.value_model.eval()
+        layout = answer_layout(policy, prompts, codes, policy.model.config)
+        mask = layout.mask
+        logprobs, entropy = token_stats(policy.model, layout, config.temperature, self.grammar)
+        if self.reference.frozen is not None:
+            ref_logprobs, _ = token_stats(self.reference.frozen.model, layout, config.temperature, self.grammar)
+        else:
+            with policy.model.disable_adapter():
+                ref_logprobs, _ = token_stats(policy.model, layout, config.temperature, self.grammar)
+        values = self.value_model(answer_layout(policy, prompts, codes, self.value_model.config))
+
+        scores = self.reward_fn(prompts, codes)
+        if not isinstance(scores, Tensor) or scores.shape != (len(prompts),) or not torch.isfinite(scores).all():
+            raise ValueError(
+                f"reward_fn must return {len(prompts)} finite scores as a tensor of shape ({len(prompts)},)"
+            )
+        scores = scores.detach().float().to(mask.device)
+        self.moments.update(scores)
+        scaled = scale_scores(scores, self.moments.std, config.score_scale, config.score_clip)
+
+        rewards = kl_penalised_rewards(scaled, logprobs, ref_logprobs, mask, config.kl_coef)
+        if config.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
+        advantages = masked_whiten(advantages, mask)
+
+        kl = ((logprobs - ref_logprobs) * mask).sum(-1)
+        metrics = {
+            "score_mean": scores.mean().item(),
+            "kl": kl.mean().item(),
+            "rlhf_reward": (scores - config.kl_coef * kl).mean().item(),
+            "entropy": masked_mean(entropy, mask).item(),
+        }
+        return _Rollout(prompts, codes, logprobs, values, advantages, returns), metrics
+
+    def update(self, rollout: _Rollout, index: Tensor) -> dict[str, float]:
+        """One optimiser step on the mini-batch ``index`` of ``rollout``: clipped policy + vf_coef * value loss."""
+        policy, config = self.policy, self.config
+        prompts = [rollout.prompts[i] for i in index.tolist()]
+        codes = [rollout.codes[i] for i in index.tolist()]
+        layout = answer_layout(policy, prompts, codes, policy.model.config)
+        mask = layout.mask
+        old_logprobs, old_values, advantages, returns = rollout.rows(index, mask.shape[1])
+        logprobs, _ = token_stats(policy.model, layout, config.temperature, self.grammar)
+        values = self.value_model(answer_layout(policy, prompts, codes, self.value_model.config))
+        pg_loss, clip_frac = clipped_policy_loss(logprobs, old_logprobs, advantages, mask, config.clip_range)
+        vf_loss, vf_clip_frac = clipped_value_loss(values, old_values, returns, mask, config.clip_range_value)
+        self.optimiser.zero_grad(set_to_none=True)
+        (pg_loss + config.vf_coef * vf_loss).backward()
+        torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
+        self.optimiser.step()
+        approx_kl = 0.5 * masked_mean((logprobs.detach() - old_logprobs) ** 2, mask)
+        return {
+            "policy_loss": pg_loss.item(),
+            "value_loss": vf_loss.item(),
+            "clip_frac": clip_frac.item(),
+            "value_clip_frac": vf_clip_frac.item(),
+            "approx_kl": approx_kl.item(),
+        }

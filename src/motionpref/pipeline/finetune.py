@@ -43,6 +43,9 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         metrics = train_dpo(policy, train, val, cfg.dpo, cfg.beta, cfg.lora, seed, out, log)
         metrics["train_pairs"] = len(train)
     elif algo == "rlhf":
+        import torch
+        from accelerate import Accelerator
+
         from motionpref.models.reward import RewardModel
         from motionpref.train.ppo import train_ppo
         from motionpref.train.preference import preference_pairs, read_preferences
@@ -50,6 +53,9 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         path = ctx.path(PREFS, "preferences.parquet")
         captions = sorted({p.caption for p in preference_pairs(read_preferences(path), "train", str(path))})
         reward = RewardModel.load(ctx.path(MODELS, "reward"))
+        device = Accelerator(cpu=not torch.cuda.is_available()).device  # PPO runs on one device
+        policy.model.to(device)
+        reward.model.to(device)
         metrics = train_ppo(policy, reward.score, reward.model, captions, cfg.ppo, cfg.lora, seed, log)
         policy.save(out)
         metrics["prompts"] = len(captions)

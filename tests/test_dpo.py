@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from motionpref.config import DPOConfig, LoraConfig, PolicyConfig, parse_params
+from motionpref.config import DPOConfig, LoraConfig, parse_params
 from motionpref.models.policy import MotionPolicy
 from motionpref.pipeline import StageContext
 from motionpref.train.dpo import evaluate_pairs, logprob_reduction, pair_accuracy, reference_logprobs, train_dpo
 from motionpref.train.preference import PreferencePair, Reference
+from tests.policies import ARCHS, CAPTIONS
+from tests.policies import tiny_policy as tiny_policy_without_dropout
 
-K = 16
-CAPTIONS = [
-    "a man walks forward",
-    "a person jumps up and down twice",
-    "someone waves the left hand",
-    "the figure turns around slowly and sits",
-]
-ARCHS = ["t5", "causal"]
 DEGREES = ["much_better", "better", "slightly_better", "negligible"]
 GOOD, BAD = 3, 7  # chosen answers repeat GOOD, rejected ones BAD
 BETA = 0.1
@@ -30,9 +25,8 @@ LORA = LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0)
 NO_LORA = LoraConfig(enabled=False)
 
 
-def tiny_policy(arch: str = "t5", seed: int = 0) -> MotionPolicy:
-    config = PolicyConfig(arch=arch, codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.1)
-    return MotionPolicy.from_scratch(config, CAPTIONS, seed=seed)
+# these tests train with dropout on, as a real SFT policy has it
+tiny_policy = partial(tiny_policy_without_dropout, dropout=0.1)
 
 
 def toy_pairs(n: int, offset: int = 0, reverse: bool = False) -> list[PreferencePair]:

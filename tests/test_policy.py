@@ -10,25 +10,11 @@ from motionpref.models.policy import (
     DEFAULT_TEMPLATE,
     T2M_TEMPLATES,
     MotionPolicy,
-    PolicyConfig,
     _RowSeededGumbel,
 )
 from motionpref.models.vqvae import MotionVQVAE, VQVAEConfig
 from motionpref.train.policy import PolicyExample, PolicyTrainConfig, evaluate_policy, train_policy
-
-K = 16
-CAPTIONS = [
-    "a man walks forward",
-    "a person jumps up and down twice",
-    "someone waves the left hand",
-    "the figure turns around slowly and sits",
-]
-ARCHS = ["t5", "causal"]
-
-
-def tiny_policy(arch: str = "t5", seed: int = 0, dropout: float = 0.0) -> MotionPolicy:
-    config = PolicyConfig(arch=arch, codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=dropout)
-    return MotionPolicy.from_scratch(config, CAPTIONS, seed=seed)
+from tests.policies import ARCHS, CAPTIONS, K, tiny_policy
 
 
 @pytest.fixture(scope="module", params=ARCHS)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from transformers import (
     T5ForSequenceClassification,
 )
 
-from motionpref.config import LoraConfig, PolicyConfig, PPOConfig
+from motionpref.config import LoraConfig, PPOConfig
 from motionpref.models.policy import MotionPolicy
 from motionpref.train.ppo import (
     RunningMoments,
@@ -31,22 +32,15 @@ from motionpref.train.ppo import (
     train_ppo,
 )
 from motionpref.train.preference import disable_dropout
+from tests.policies import ARCHS, CAPTIONS, K
+from tests.policies import tiny_policy as tiny_policy_without_dropout
 
-K = 16
-CAPTIONS = [
-    "a man walks forward",
-    "a person jumps up and down twice",
-    "someone waves the left hand",
-    "the figure turns around slowly and sits",
-]
-ARCHS = ["t5", "causal"]
 TARGET_CODE = 3
 NO_LORA = LoraConfig(enabled=False)
 
 
-def tiny_policy(arch: str = "t5", seed: int = 0, dropout: float = 0.1) -> MotionPolicy:
-    config = PolicyConfig(arch=arch, codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=dropout)
-    return MotionPolicy.from_scratch(config, CAPTIONS, seed=seed)
+# these tests train with dropout on, as a real SFT policy has it
+tiny_policy = partial(tiny_policy_without_dropout, dropout=0.1)
 
 
 def tiny_reward_model(arch: str, vocab_size: int) -> PreTrainedModel:

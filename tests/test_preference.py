@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from transformers import LlamaForCausalLM, T5ForConditionalGeneration
 
-from motionpref.config import LoraConfig, PolicyConfig, PreferenceFilter
+from motionpref.config import LoraConfig, PreferenceFilter
 from motionpref.models.policy import MotionPolicy
 from motionpref.prefs.labels import DEGREES
 from motionpref.train.preference import (
@@ -26,22 +26,10 @@ from motionpref.train.preference import (
     trainable_state,
     uses_lora,
 )
+from tests.policies import ARCHS, CAPTIONS, K, tiny_policy
 
-K = 16
-CAPTIONS = [
-    "a man walks forward",
-    "a person jumps up and down twice",
-    "someone waves the left hand",
-    "the figure turns around slowly and sits",
-]
-ARCHS = ["t5", "causal"]
 CODES = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 0, 1]]
 LORA = LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0)
-
-
-def tiny_policy(arch: str = "t5", seed: int = 0, dropout: float = 0.0) -> MotionPolicy:
-    config = PolicyConfig(arch=arch, codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=dropout)
-    return MotionPolicy.from_scratch(config, CAPTIONS, seed=seed)
 
 
 def table(splits: list[str]) -> pd.DataFrame:

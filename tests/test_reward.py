@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 import torch
 from trl import RewardTrainer
 
-from motionpref.config import PolicyConfig, RewardTrainConfig, parse_params
+from motionpref.config import RewardTrainConfig, parse_params
 from motionpref.models.policy import MotionPolicy
 from motionpref.models.reward import METADATA_FILE, RewardModel
 from motionpref.pipeline import StageContext
@@ -18,22 +19,15 @@ from motionpref.prefs.labels import DEGREES
 from motionpref.train.losses import bradley_terry_loss
 from motionpref.train.preference import PreferencePair, preference_pairs
 from motionpref.train.reward import evaluate_reward, preference_dataset, reward_config, train_reward
+from tests.policies import ARCHS, CAPTIONS, K
+from tests.policies import tiny_policy as tiny_policy_without_dropout
 
-K = 16
-CAPTIONS = [
-    "a man walks forward",
-    "a person jumps up and down twice",
-    "someone waves the left hand",
-    "the figure turns around slowly and sits",
-]
-ARCHS = ["t5", "causal"]
 MARGINS = {"much_better": 3.0, "better": 2.0, "slightly_better": 1.0, "negligible": 0.0}
 GOOD_CODE = 3  # the toy labeler prefers motions made of this code
 
 
-def tiny_policy(arch: str = "t5", seed: int = 0) -> MotionPolicy:
-    config = PolicyConfig(arch=arch, codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.1)
-    return MotionPolicy.from_scratch(config, CAPTIONS, seed=seed)
+# these tests train with dropout on, as a real SFT policy has it
+tiny_policy = partial(tiny_policy_without_dropout, dropout=0.1)
 
 
 @pytest.fixture(scope="module", params=ARCHS)

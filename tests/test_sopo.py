@@ -12,21 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from motionpref.config import LoraConfig, PolicyConfig, PolicyTrainConfig, RetrievalConfig, SamplingConfig, SoPoConfig
+from motionpref.config import LoraConfig, PolicyTrainConfig, RetrievalConfig, SamplingConfig, SoPoConfig
 from motionpref.models.generator import Generation, MotionGenerator
 from motionpref.models.policy import MotionPolicy
 from motionpref.models.retrieval import RetrievalModel, build_tokenizer
 from motionpref.models.vqvae import MotionVQVAE, VQVAEConfig
 from motionpref.train.policy import PolicyExample, train_policy
 from motionpref.train.sopo import semi_online_pairs, train_sopo
+from tests.policies import CAPTIONS, K, tiny_policy
 
-K, D = 16, 7
-CAPTIONS = [
-    "a man walks forward",
-    "a person jumps up and down twice",
-    "someone waves the left hand",
-    "the figure turns around slowly and sits",
-]
+D = 7
 EXAMPLES = [PolicyExample(f"clip{i}", (c,), (3 * i % K,) * 3 + (i + 1,)) for i, c in enumerate(CAPTIONS)]
 MOTIONS = [np.random.default_rng(i).normal(size=(16, D)).astype(np.float32) for i in range(len(EXAMPLES))]
 MEAN, STD = np.zeros(D, np.float32), np.ones(D, np.float32)
@@ -86,8 +81,7 @@ TINY_RETRIEVAL = RetrievalConfig(
 @pytest.fixture(scope="module")
 def sft_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny T5 policy taught the clips' codes, so its samples are well-formed motions."""
-    config = PolicyConfig(arch="t5", codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.0)
-    policy = MotionPolicy.from_scratch(config, CAPTIONS, seed=0)
+    policy = tiny_policy("t5", seed=0)
     out = tmp_path_factory.mktemp("sopo") / "sft"
     train_policy(
         policy, EXAMPLES, EXAMPLES, PolicyTrainConfig(epochs=30, batch_size=4, lr=1e-2, warmup_steps=0), 0, out

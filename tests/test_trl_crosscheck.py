@@ -15,16 +15,10 @@ from datasets import Dataset
 from torch import Tensor
 from trl import DPOConfig, DPOTrainer
 
-from motionpref.models.policy import MotionPolicy, PolicyConfig
+from motionpref.models.policy import MotionPolicy
 from motionpref.train.losses import log_ratio_margin, preference_loss
+from tests.policies import CAPTIONS, tiny_policy
 
-K = 16
-CAPTIONS = [
-    "a man walks forward",
-    "a person jumps up and down twice",
-    "someone waves the left hand",
-    "the figure turns around slowly and sits",
-]
 CHOSEN = [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10, 11, 12]]
 REJECTED = [[3, 3], [0, 1, 2, 3, 4], [15], [12, 14, 9, 9, 2]]
 # Per loss, a beta that puts the batch somewhere informative: for the hinge, beta h straddles 1, so two pairs sit
@@ -36,8 +30,7 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def policies() -> tuple[MotionPolicy, MotionPolicy]:
     """(policy, reference): a tiny causal policy and a copy whose weights got seeded noise, so that h != 0."""
-    config = PolicyConfig(arch="causal", codebook_size=K, d_model=32, num_layers=1, num_heads=2, d_ff=64, dropout=0.0)
-    reference = MotionPolicy.from_scratch(config, CAPTIONS, seed=0)
+    reference = tiny_policy("causal", seed=0)
     policy = copy.deepcopy(reference)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -28,7 +28,7 @@ from motionpref.io import text_writer, write_all
 from motionpref.motion.features import recover_joints
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
 from motionpref.prefs.labels import Choice, Degree
-from motionpref.prefs.simulate import decide, perceived_quality
+from motionpref.prefs.simulate import decide, labeler_judgment
 from motionpref.progress import track
 from motionpref.synth.judge import judge, realism
 from motionpref.synth.programs import Program
@@ -134,15 +134,9 @@ INVALID = Perception(0.0, 0.0, False)
 def simulated_judgment(
     a: Perception, b: Perception, config: SimulatedLabelersConfig, rng: np.random.Generator
 ) -> tuple[Choice, Degree | None]:
-    """One simulated labeler's judgment of a pair: the noise model of ``prefs.simulate.simulate_labels`` (each
-    perceived quality off by N(0, noise), a motion below ``fail_below`` or less real than ``realism_min``
-    fails) applied to one pair; an invalid motion always fails."""
-    noise = rng.normal(0.0, config.noise, size=2)
-    perceived_a = perceived_quality(a.score) + noise[0]
-    perceived_b = perceived_quality(b.score) + noise[1]
-    fail_a = not a.valid or perceived_a < config.fail_below or a.realism < config.realism_min
-    fail_b = not b.valid or perceived_b < config.fail_below or b.realism < config.realism_min
-    return decide(perceived_a, perceived_b, fail_a, fail_b, config.gaps)
+    """One simulated labeler's judgment of a pair (``prefs.simulate.labeler_judgment``); an invalid motion
+    always fails."""
+    return labeler_judgment((a.score, b.score), (a.realism, b.realism), config, rng, (not a.valid, not b.valid))
 
 
 class SimulatedLabelers:

@@ -77,6 +77,25 @@ def decide(score_a: float, score_b: float, fail_a: bool, fail_b: bool, gaps: Map
     return choice, degree_of(abs(score_a - score_b), gaps)
 
 
+def labeler_judgment(
+    scores: tuple[float, float],
+    realism: tuple[float, float],
+    config: SimulatedLabelersConfig,
+    rng: np.random.Generator,
+    failed: tuple[bool, bool] = (False, False),
+) -> tuple[Choice, Degree | None]:
+    """One simulated labeler's (choice, degree) for motions a and b from their judge scores and realism: each
+    perceived quality is off by N(0, noise); a motion perceived below ``fail_below``, less real than
+    ``realism_min`` or already ``failed`` (no motion at all) fails the prompt."""
+    noise = rng.normal(0.0, config.noise, size=2)
+    perceived = [perceived_quality(score) + n for score, n in zip(scores, noise, strict=True)]
+    fails = [
+        bad or q < config.fail_below or r < config.realism_min
+        for bad, q, r in zip(failed, perceived, realism, strict=True)
+    ]
+    return decide(perceived[0], perceived[1], fails[0], fails[1], config.gaps)
+
+
 def _assignments(pair_ids: Sequence[str], n_labelers: int, shared_fraction: float, seed: int) -> list[list[int]]:
     """Which labelers judge each pair: one by a seeded hash, plus a second for the shared fraction."""
     out = []
@@ -98,12 +117,9 @@ def simulate_labels(
     rngs = [np.random.default_rng([seed, k]) for k in range(config.n_labelers)]
     for row, labelers in zip(scores.itertuples(), assignments, strict=True):
         for k in labelers:
-            noise = rngs[k].normal(0.0, config.noise, size=2)
-            perceived_a = perceived_quality(row.judge_a) + noise[0]
-            perceived_b = perceived_quality(row.judge_b) + noise[1]
-            fail_a = perceived_a < config.fail_below or row.realism_a < config.realism_min
-            fail_b = perceived_b < config.fail_below or row.realism_b < config.realism_min
-            choice, degree = decide(perceived_a, perceived_b, fail_a, fail_b, config.gaps)
+            choice, degree = labeler_judgment(
+                (row.judge_a, row.judge_b), (row.realism_a, row.realism_b), config, rngs[k]
+            )
             name = f"sim-{k}"
             per_labeler[name].append(
                 Judgment(

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from transformers import get_linear_schedule_with_warmup
 
 from motionpref.config import DPOConfig, LoraConfig
@@ -23,10 +22,9 @@ from motionpref.train.losses import implicit_rewards, preference_loss
 from motionpref.train.preference import (
     PreferencePair,
     Reference,
-    apply_lora,
-    disable_dropout,
-    merge_lora,
+    finish_finetuning,
     pair_logprobs,
+    start_finetuning,
     trainable_state,
 )
 
@@ -113,21 +111,13 @@ def train_dpo(
     if not train or not val:
         raise ValueError(f"train_dpo needs training and validation pairs (got {len(train)} and {len(val)})")
     torch.manual_seed(seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    disable_dropout(policy.model)
-    apply_lora(policy, lora)
-    policy.model.to(accelerator.device)
-    reference = Reference(policy)
+    accelerator, reference, params, optimiser = start_finetuning(policy, lora, config.lr, config.weight_decay)
     reduction = logprob_reduction(config.loss)
     ref_train = reference_logprobs(reference, train, reduction)
     ref_val = reference_logprobs(reference, val, reduction)
-
-    params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = config.epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimiser, min(config.warmup_steps, total), total)
-    policy.model, optimiser = accelerator.prepare(policy.model, optimiser)
 
     higher_is_better = config.select_by == "val_accuracy"
     metric_key = config.select_by.removeprefix("val_")
@@ -179,10 +169,5 @@ def train_dpo(
             best = {f"val_{k}": v for k, v in val_metrics.items()}
             best["best_epoch"] = float(epoch)
             best_state = trainable_state(policy.model)
-    model = accelerator.unwrap_model(policy.model)
-    model.load_state_dict(best_state, strict=False)
-    policy.model = model
-    merge_lora(policy)
-    policy.model.eval()
-    policy.save(out_dir)
+    finish_finetuning(policy, accelerator, out_dir, best_state)
     return {**last, **best, **{f"val0_{k}": v for k, v in initial.items()}, "epochs": float(config.epochs)}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from accelerate import Accelerator
 from torch import Tensor, nn
 
 from motionpref.config import LoraConfig, PreferenceFilter
@@ -136,6 +137,34 @@ def merge_lora(policy: MotionPolicy) -> None:
     """Fold the adapters into the weights so ``policy.save`` writes a plain model any loader reads."""
     if uses_lora(policy):
         policy.model = policy.model.merge_and_unload()
+
+
+def start_finetuning(
+    policy: MotionPolicy, lora: LoraConfig, lr: float, weight_decay: float
+) -> tuple[Accelerator, Reference, list[nn.Parameter], torch.optim.Optimizer]:
+    """Dropout off, LoRA on (if enabled), the frozen reference taken, the policy on the accelerator's device, and
+    AdamW over what trains: the accelerator, reference, trainable parameters and the prepared optimiser."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    disable_dropout(policy.model)
+    apply_lora(policy, lora)
+    policy.model.to(accelerator.device)
+    reference = Reference(policy)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    policy.model, optimiser = accelerator.prepare(policy.model, optimiser)
+    return accelerator, reference, params, optimiser
+
+
+def finish_finetuning(
+    policy: MotionPolicy, accelerator: Accelerator, out_dir: str | Path, state: dict[str, Tensor] | None = None
+) -> None:
+    """Unwrap the policy, load the kept ``state`` (trainable tensors) if given, merge LoRA and save it."""
+    policy.model = accelerator.unwrap_model(policy.model)
+    if state is not None:
+        policy.model.load_state_dict(state, strict=False)
+    merge_lora(policy)
+    policy.model.eval()
+    policy.save(out_dir)
 
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 
 from motionpref.config import LoraConfig, SoPoConfig
 from motionpref.models.generator import MotionGenerator
@@ -26,7 +25,7 @@ from motionpref.models.retrieval import RetrievalModel, cosine_to_score
 from motionpref.progress import track
 from motionpref.train.losses import sopo_loss, sopo_weight
 from motionpref.train.policy import PolicyExample
-from motionpref.train.preference import Reference, apply_lora, disable_dropout, merge_lora, pair_logprobs
+from motionpref.train.preference import finish_finetuning, pair_logprobs, start_finetuning
 
 LogMetric = Callable[[str, float, int], None]
 FILTERED = ("usopo", "sopo")  # variants with the valuable-unpreferred filter
@@ -78,14 +77,7 @@ def train_sopo(
     policy = policy_generator.policy
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    disable_dropout(policy.model)
-    apply_lora(policy, lora)
-    policy.model.to(accelerator.device)
-    reference = Reference(policy)
-    params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    policy.model, optimiser = accelerator.prepare(policy.model, optimiser)
+    accelerator, reference, params, optimiser = start_finetuning(policy, lora, config.lr, config.weight_decay)
     preferred_embeddings = scorer.encode_motion(list(motions)).cpu()
 
     per_epoch = min(config.captions_per_epoch or len(examples), len(examples))
@@ -154,8 +146,5 @@ def train_sopo(
                 if log_metric is not None:
                     log_metric(f"sopo/{k}", v, step)
         last = {k: v / per_epoch for k, v in sums.items()}
-    policy.model = accelerator.unwrap_model(policy.model)
-    merge_lora(policy)
-    policy.model.eval()
-    policy.save(out_dir)
+    finish_finetuning(policy, accelerator, out_dir)
     return {**last, "steps": float(step), "epochs": float(config.epochs)}

@@ -118,6 +118,23 @@ def test_every_loss_of_the_family_learns(loss: str, tmp_path: Path) -> None:
     assert margin(policy, VAL) > before
 
 
+def test_sft_weight_adds_the_chosen_nll_and_keeps_chosen_answers_likely(tmp_path: Path) -> None:
+    """RPO: val0 loss = the preference loss + weight x the reference's NLL per chosen token, and the chosen
+    answers end up likelier than under the plain preference loss."""
+    weight = 2.0
+    ref = initial_reference("t5", VAL, "mean")
+    nll = -sum(ref[0][i].item() * (len(p.chosen) + 3) for i, p in enumerate(VAL)) / sum(len(p.chosen) + 3 for p in VAL)
+    chosen = {}
+    for w in (0.0, weight):
+        policy = tiny_policy("t5")
+        metrics = train_dpo(policy, TRAIN, VAL, config(loss="ipo", sft_weight=w), BETA, LORA, 0, tmp_path / str(w))
+        assert metrics["val0_loss"] == pytest.approx((1 / (2 * BETA)) ** 2 + w * nll, rel=1e-5)
+        policy.model.eval()
+        with torch.no_grad():
+            chosen[w] = policy.sequence_logprobs([policy.prompt(p.caption) for p in VAL], [p.chosen for p in VAL])
+    assert chosen[weight].mean() > chosen[0.0].mean()
+
+
 @pytest.mark.parametrize(
     ("loss", "loss0"),
     [

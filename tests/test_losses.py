@@ -15,6 +15,7 @@ from motionpref.train.losses import (
     kto_pair_loss,
     log_ratio_margin,
     preference_loss,
+    sft_loss,
     sopo_loss,
     sopo_weight,
 )
@@ -178,3 +179,8 @@ def test_preference_loss_rejects_label_smoothing_off_sigmoid(name: str) -> None:
 def test_preference_loss_unknown_name() -> None:
     with pytest.raises(ValueError, match="unknown preference loss 'dpo'; expected sigmoid, ipo, hinge or kto"):
         preference_loss("dpo", *logs(), beta=BETA)  # type: ignore[arg-type]
+
+
+def test_sft_loss_is_the_token_mean_nll_of_the_chosen_answers() -> None:
+    # answers of 4, 6 and 2 tokens with summed log-probabilities -3, -5, -1: -(-9) / 12 per token
+    assert sft_loss(t(POLICY_W), t([4.0, 6.0, 2.0])).item() == pytest.approx(9.0 / 12.0)

@@ -41,6 +41,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
         ("evaluate", "sft"),
         *[(name, None) for name in ("generate_prompts", "sample_pairs", "label", "ingest_labels", "train_reward")],
         *[(stage, algo) for stage in ("finetune", "evaluate", "winrate") for algo in algorithms],
+        ("report", None),
     ]
     assert {name for name, _ in plan} == set(STAGES)
     metrics = {}
@@ -80,6 +81,10 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
         assert (project / "reports" / "winrate" / f"{algo}.png").is_file()
     assert 0 <= metrics["finetune@sopo"]["valuable_fraction"] <= 1
     assert metrics["finetune@dpo"]["train_pairs"] == (prefs["split"] == "train").sum()
+    comparison = json.loads((project / "reports" / "comparison.json").read_text())
+    assert set(comparison["vs_baseline"]) == set(algorithms)
+    assert len(comparison["winrates"]) == len(algorithms)  # the smoke profile's one temperature each
+    assert "| dpo |" in (project / "reports" / "comparison.md").read_text()
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("motionpref").experiment_id])

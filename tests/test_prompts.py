@@ -26,6 +26,7 @@ from motionpref.prefs.prompts import (
     normalise,
     parse_reply,
     read_novel_programs,
+    read_novelty,
     read_prompts,
     reference_captions,
     request_prompts,
@@ -197,13 +198,51 @@ def test_prompts_are_deterministic_and_prefix_stable(synthetic_root):
     pd.testing.assert_frame_equal(fewer, a.head(6))
 
 
-def test_synthetic_backend_needs_novel_programs(real_root, tmp_path):
-    with pytest.raises(PromptError, match=r"novel_programs\.jsonl: missing.*recombine or llm"):
-        generate_prompts(real_root, {"synthetic": 3}, seed=0)
+def test_familiar_prompts_are_new_programs_of_the_training_distribution(synthetic_root):
+    from motionpref.synth.world import read_programs
+
+    table, stats = generate_prompts(synthetic_root, {"synthetic": 4, "familiar": 6}, seed=0)
+    assert table["source"].tolist() == ["synthetic"] * 4 + ["familiar"] * 6  # in the order of BACKENDS
+    assert stats["sources"]["familiar"]["kept"] == 6
+    novelty = read_novelty(synthetic_root)
+    familiar = [Program.from_json(p) for p in table.loc[table["source"] == "familiar", "program"]]
+    dataset = {program.key() for program, _ in read_programs(synthetic_root).values()}
+    assert all(not novelty.held_out_in(p) for p in familiar)  # no held-out combination
+    assert all(p.key() not in dataset for p in familiar)  # no clip's program
+    assert len({p.key() for p in familiar}) == 6
+    novel = [Program.from_json(p) for p in table.loc[table["source"] == "synthetic", "program"]]
+    assert all(novelty.held_out_in(p) for p in novel)
+    # adding a backend leaves the prompts of the others as they were
+    alone, _ = generate_prompts(synthetic_root, {"synthetic": 4}, seed=0)
+    pd.testing.assert_frame_equal(alone, table.head(4))
+
+
+@pytest.mark.parametrize(
+    ("backend", "name", "content", "missing", "malformed"),
+    [
+        (
+            "synthetic",
+            "novel_programs.jsonl",
+            '{"id": "n0", "program": {"segments": []}}\n',
+            r"novel_programs\.jsonl: missing.*recombine or llm",
+            r"novel_programs\.jsonl:1: .*program",
+        ),
+        (
+            "familiar",
+            "novelty.json",
+            '{"pairs": []}',
+            r"novelty\.json: missing",
+            r"novelty\.json: NoveltySplit: expected",
+        ),
+    ],
+)
+def test_world_backends_need_a_synthetic_world(backend, name, content, missing, malformed, real_root, tmp_path):
+    with pytest.raises(PromptError, match=missing):
+        generate_prompts(real_root, {backend: 3}, seed=0)
     bad = write_real_folder(tmp_path / "bad")
-    (bad / "novel_programs.jsonl").write_text('{"id": "n0", "program": {"segments": []}}\n', encoding="utf-8")
-    with pytest.raises(PromptError, match=r"novel_programs\.jsonl:1: .*program"):
-        read_novel_programs(bad)
+    (bad / name).write_text(content, encoding="utf-8")
+    with pytest.raises(PromptError, match=malformed):
+        (read_novel_programs if backend == "synthetic" else read_novelty)(bad)
 
 
 def test_generate_prompts_checks_its_arguments(real_root):

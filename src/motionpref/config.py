@@ -343,7 +343,7 @@ class LLMEndpoint(Section):
 
 
 class PromptsConfig(Section):
-    counts: dict[Literal["synthetic", "recombine", "llm"], int] = {"synthetic": 3000}  # backend -> prompts
+    counts: dict[Literal["synthetic", "familiar", "recombine", "llm"], int] = {"synthetic": 3000}  # backend -> prompts
     near_threshold: float = Field(0.9, gt=0, le=1)  # TF-IDF cosine at which a prompt near-duplicates a caption
     max_candidates_factor: float = Field(4.0, ge=1)
     reference_splits: list[str] = ["train", "val", "test"]
@@ -439,6 +439,7 @@ class DPOConfig(Section):
 
     loss: Literal["sigmoid", "ipo", "hinge", "kto"] = "ipo"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # conservative DPO (sigmoid only)
+    sft_weight: float = Field(0.0, ge=0)  # RPO: weight of the chosen answers' NLL added to the loss; 0 = off
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -510,6 +511,20 @@ class WinrateConfig(Section):
     sampling: SamplingConfig = SamplingConfig()  # temperature is taken from ``temperatures``
 
 
+class ReportConfig(Section):
+    """The cross-model comparison (reports/comparison.md): which models' metrics and win rates it reads."""
+
+    baseline: str = "sft"  # the model every other one is compared with, replication by replication
+    models: list[str] = ["gt", "sft", "dpo", "rlhf", "sopo"]  # reports/metrics/<model>.json
+    winrate_models: list[str] = ["dpo", "rlhf", "sopo"]  # reports/winrate/<model>.json
+
+    @model_validator(mode="after")
+    def _baseline_evaluated(self) -> ReportConfig:
+        if self.baseline not in self.models:
+            raise ValueError(f"baseline {self.baseline!r} is not among models {self.models}")
+        return self
+
+
 class AppConfig(Section):
     host: str = "127.0.0.1"  # another host exposes the app: set a login (MOTIONPREF_APP_USERS) then
     port: int = Field(7860, ge=1, le=65535)
@@ -536,6 +551,7 @@ class Params(Section):
     reward: RewardSection = RewardSection()
     algo: AlgoSection = AlgoSection()
     winrate: WinrateConfig = WinrateConfig()
+    report: ReportConfig = ReportConfig()
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def stage_seed(self, stage: str) -> int:

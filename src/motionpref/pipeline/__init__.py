@@ -43,6 +43,7 @@ STAGES: dict[str, str] = {
     "train_reward": "Train the Bradley-Terry reward model (from the SFT policy) on the labelled pairs.",
     "finetune": "Preference-finetune the SFT policy: dpo (DPO family), rlhf (PPO) or sopo (semi-online DPO).",
     "winrate": "Finetuned vs supervised samples on held-out prompts at several temperatures, judged by labelers.",
+    "report": "Compare every evaluated model with the supervised one (paired) and tabulate win rates.",
 }
 ITEM_STAGES = {"evaluate", "finetune", "winrate"}  # stages run once per item (`evaluate@sft`)
 

@@ -15,8 +15,12 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.prefs.prompts import generate_prompts, write_prompts
 
     cfg = params.prompts
-    if params.data.source != "synthetic" and cfg.counts.get("synthetic"):
-        raise ValueError("prompts.counts: the synthetic backend needs data.source synthetic; use recombine or llm")
+    world_only = [b for b in ("synthetic", "familiar") if cfg.counts.get(b)]
+    if params.data.source != "synthetic" and world_only:
+        raise ValueError(
+            f"prompts.counts: the {' and '.join(world_only)} backend(s) need data.source synthetic; "
+            "use recombine or llm"
+        )
     result = generate_prompts(
         ctx.path(DATASET),
         cfg.counts,

@@ -7,6 +7,10 @@ learns to repeat them. Three backends propose candidates, one stream each:
   each paraphrased by the caption grammar; every prompt carries its program as JSON, so the synthetic
   judge can score the motions sampled for it. Programs are used round-robin, so ``n`` >= the number of
   programs uses every one at least once (a later round gives a program a new paraphrase).
+- ``familiar`` (embedded mode): new programs drawn from the world's own distribution, free of its held-out
+  combinations and unlike any dataset clip's program, paraphrased the same way. Novel programs alone make a
+  prompt set the supervised model nearly always fails (both motions of most pairs fail, and the better one is
+  only less wrong); the paper's prompts were new sentences, mostly about motions the model could do.
 - ``recombine`` (real data, no programs): the training captions' ``word/POS`` tokens are cut into slots
   (verbs, the body parts a verb takes as object or after "with", its directions, manner adverbs) and
   recombined into new sentences, see :class:`Recombiner`.
@@ -49,10 +53,12 @@ from motionpref.motion.dataset import read_captions, read_split
 from motionpref.motion.text import VIP_WORDS, Caption
 from motionpref.synth.captions import caption_text
 from motionpref.synth.programs import Program, ProgramError
-from motionpref.synth.world import NOVEL_FILE
+from motionpref.synth.sampling import NoveltySplit, sample_program
+from motionpref.synth.world import NOVEL_FILE, NOVELTY_FILE, read_programs
 
-Backend = Literal["synthetic", "recombine", "llm"]
-BACKENDS: tuple[Backend, ...] = ("synthetic", "recombine", "llm")  # also the order prompts are listed in
+Backend = Literal["synthetic", "recombine", "llm", "familiar"]
+BACKENDS: tuple[Backend, ...] = ("synthetic", "recombine", "llm", "familiar")  # also the order prompts are listed in
+_FAMILIAR_TRIES = 10_000  # consecutive draws that were all dataset programs before the backend gives up
 DROP_REASONS = ("exact_reference", "near_reference", "exact_self", "near_self")
 SIMILARITY = "tf-idf cosine of word 1-2 grams, idf from the reference captions"
 COLUMNS = ("prompt_id", "text", "program", "source")
@@ -164,6 +170,35 @@ def _max_cosine(x: sparse.csr_matrix, y: sparse.csr_matrix) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
+
+
+def read_novelty(root: str | os.PathLike) -> NoveltySplit:
+    """The held-out combinations of a synthetic dataset folder (``novelty.json``)."""
+    path = Path(root) / NOVELTY_FILE
+    try:
+        return NoveltySplit.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise PromptError(f"{path}: missing; the familiar backend needs a synthetic dataset") from None
+    except (json.JSONDecodeError, ValueError) as err:
+        raise PromptError(f"{path}: {err}") from None
+
+
+def familiar_candidates(root: str | os.PathLike, seed: int) -> Iterator[Candidate]:
+    """Endless new programs from the synthetic world's training distribution, each paraphrased once: none
+    holds a held-out combination (``novelty.json``) or equals a dataset clip's program (``programs.jsonl``)
+    or an earlier candidate."""
+    novelty = read_novelty(root)
+    seen = {program.key() for program, _ in read_programs(root).values()}
+    rng = np.random.default_rng(seed)
+    while True:
+        for _ in range(_FAMILIAR_TRIES):
+            program = sample_program(rng, split=novelty)
+            if program.key() not in seen:
+                break
+        else:
+            raise PromptError(f"familiar backend: {_FAMILIAR_TRIES} draws in a row were all known programs")
+        seen.add(program.key())
+        yield Candidate(caption_text(program, rng), program.to_json(), "familiar")
 
 
 def read_novel_programs(root: str | os.PathLike) -> list[Program]:
@@ -657,6 +692,8 @@ def generate_prompts(
             programs = read_novel_programs(root)
             programs_available = len({p.to_json() for p in programs})
             stream = synthetic_candidates(programs, backend_seed)
+        elif backend == "familiar":
+            stream = familiar_candidates(root, backend_seed)
         elif backend == "recombine":
             stream = recombine_candidates(examples, backend_seed, min_count)
         else:

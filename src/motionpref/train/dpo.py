@@ -18,7 +18,7 @@ from transformers import get_linear_schedule_with_warmup
 from motionpref.config import DPOConfig, LoraConfig
 from motionpref.models.policy import MotionPolicy
 from motionpref.progress import track
-from motionpref.train.losses import implicit_rewards, preference_loss
+from motionpref.train.losses import implicit_rewards, preference_loss, sft_loss
 from motionpref.train.preference import (
     PreferencePair,
     Reference,
@@ -35,6 +35,40 @@ def logprob_reduction(loss: str) -> str:
     """IPO scores answers by their mean token log-probability, as its authors ran it and trl does; the other
     losses by the sum, log pi(y | x) itself."""
     return "mean" if loss == "ipo" else "sum"
+
+
+def batch_logprobs(
+    policy: MotionPolicy, pairs: Sequence[PreferencePair], reduction: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The policy's log-probabilities of each pair's chosen and rejected answer under ``reduction``, plus the
+    chosen answers' summed log-probabilities and lengths (for the SFT term) from the same forward pass."""
+    sum_w, sum_l = pair_logprobs(
+        policy, [p.caption for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs], "sum"
+    )
+    len_w, len_l = (
+        torch.tensor([len(policy.target_ids(a)) for a in answers], dtype=sum_w.dtype, device=sum_w.device)
+        for answers in ([p.chosen for p in pairs], [p.rejected for p in pairs])
+    )
+    if reduction == "mean":
+        return sum_w / len_w, sum_l / len_l, sum_w, len_w
+    return sum_w, sum_l, sum_w, len_w
+
+
+def dpo_objective(
+    config: DPOConfig,
+    policy_w: torch.Tensor,
+    policy_l: torch.Tensor,
+    ref_w: torch.Tensor,
+    ref_l: torch.Tensor,
+    sum_w: torch.Tensor,
+    len_w: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """The batch loss: the DPO-family loss, plus ``config.sft_weight`` times the NLL of the chosen answers (RPO)."""
+    loss = preference_loss(config.loss, policy_w, policy_l, ref_w, ref_l, beta, config.label_smoothing).mean()
+    if config.sft_weight:
+        loss = loss + config.sft_weight * sft_loss(sum_w, len_w)
+    return loss
 
 
 def reference_logprobs(
@@ -68,16 +102,9 @@ def evaluate_pairs(
     losses, correct, margins = [], [], []
     for begin in range(0, len(pairs), config.batch_size):
         chunk = pairs[begin : begin + config.batch_size]
-        pw, pl = pair_logprobs(
-            policy,
-            [p.caption for p in chunk],
-            [p.chosen for p in chunk],
-            [p.rejected for p in chunk],
-            logprob_reduction(config.loss),
-        )
+        pw, pl, sum_w, len_w = (t.cpu() for t in batch_logprobs(policy, chunk, logprob_reduction(config.loss)))
         rw, rl = ref[0][begin : begin + len(chunk)], ref[1][begin : begin + len(chunk)]
-        pw, pl = pw.cpu(), pl.cpu()
-        losses.append(preference_loss(config.loss, pw, pl, rw, rl, beta, config.label_smoothing))
+        losses.append(dpo_objective(config, pw, pl, rw, rl, sum_w, len_w, beta).expand(len(chunk)))
         margin = implicit_rewards(pw, rw, beta) - implicit_rewards(pl, rl, beta)
         margins.append(margin)
         correct.append(pair_accuracy(margin))
@@ -135,17 +162,10 @@ def train_dpo(
         loss_sum = acc_sum = 0.0
         for begin in track(range(0, len(order), config.batch_size), f"{config.loss} epoch {epoch}", steps_per_epoch):
             rows = order[begin : begin + config.batch_size]
-            batch = [train[i] for i in rows]
-            pw, pl = pair_logprobs(
-                policy,
-                [p.caption for p in batch],
-                [p.chosen for p in batch],
-                [p.rejected for p in batch],
-                reduction,
-            )
+            pw, pl, sum_w, len_w = batch_logprobs(policy, [train[i] for i in rows], reduction)
             device = pw.device
             rw, rl = ref_train[0][rows].to(device), ref_train[1][rows].to(device)
-            loss = preference_loss(config.loss, pw, pl, rw, rl, beta, config.label_smoothing).mean()
+            loss = dpo_objective(config, pw, pl, rw, rl, sum_w, len_w, beta)
             optimiser.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(params, config.grad_clip)

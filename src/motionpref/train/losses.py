@@ -82,6 +82,14 @@ def preference_loss(
     raise ValueError(f"unknown preference loss {name!r}; expected sigmoid, ipo, hinge or kto")
 
 
+def sft_loss(policy_w_sum: Tensor, lengths: Tensor) -> Tensor:
+    """RPO's negative log-likelihood term on the chosen answers (Pang et al. 2024, eq. 1), averaged per token
+    over the batch as trl's ``loss_type="sft"`` does: -sum_i log pi(y_w^i | x^i) / sum_i |y_w^i|. Takes summed
+    log-probabilities ``(B,)`` and answer lengths ``(B,)``; returns a scalar. Added to a preference loss it
+    keeps the chosen answers likely, which DPO alone lets fall along with the rejected ones."""
+    return -policy_w_sum.sum() / lengths.sum()
+
+
 def implicit_rewards(policy: Tensor, ref: Tensor, beta: float) -> Tensor:
     """DPO's implicit reward beta (log pi(y|x) - log pi_ref(y|x)) (Rafailov et al. 2023, eq. 5), detached."""
     return (beta * (policy - ref)).detach()

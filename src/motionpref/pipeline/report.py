@@ -1,0 +1,32 @@
+"""Stage report: every evaluated model side by side, each finetuned model against the supervised one
+(paired, replication by replication) and the win rates, into reports/comparison.{json,md}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from motionpref.config import Params
+from motionpref.pipeline import REPORTS, StageContext
+
+READS = ("report",)
+
+
+def run(params: Params, ctx: StageContext) -> dict[str, Any]:
+    from motionpref.io import write_json, write_text
+    from motionpref.report.compare import compare_models, markdown, read_report, winrate_rows
+
+    cfg = params.report
+    paths = {m: ctx.path(REPORTS, "metrics", f"{m}.json") for m in cfg.models}
+    comparison = compare_models(
+        {m: read_report(p) for m, p in paths.items()}, cfg.baseline, {m: str(p) for m, p in paths.items()}
+    )
+    winrates = winrate_rows({m: read_report(ctx.path(REPORTS, "winrate", f"{m}.json")) for m in cfg.winrate_models})
+    write_json(ctx.path(REPORTS, "comparison.json"), {**comparison, "winrates": winrates})
+    md = ctx.path(REPORTS, "comparison.md")
+    write_text(md, markdown(comparison, winrates))
+    ctx.run.log_artifact(md)
+    return {
+        f"{name}/{metric}_vs_{cfg.baseline}": diff["mean"]
+        for name, diffs in comparison["vs_baseline"].items()
+        for metric, diff in diffs.items()
+    }

@@ -1,0 +1,120 @@
+"""The cross-model comparison: paired differences by hand, verdicts, errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from motionpref.report.compare import (
+    ReportError,
+    compare_models,
+    markdown,
+    paired_difference,
+    read_report,
+    verdict,
+    winrate_rows,
+)
+
+
+def metrics_report(r1: list[float], fid: list[float]) -> dict:
+    reps = {"r_precision_top1": r1, "r_precision_top3": [x + 0.2 for x in r1], "mm_dist": [3.0] * len(r1), "fid": fid}
+    summary = {k: {"mean": sum(v) / len(v), "ci95": 0.01} for k, v in reps.items()}
+    return {"metrics": summary, "replications": reps}
+
+
+def test_paired_difference_by_hand() -> None:
+    d = paired_difference([0.5, 0.6, 0.7], [0.4, 0.6, 0.5])  # differences 0.1, 0.0, 0.2
+    assert d["mean"] == pytest.approx(0.1)
+    std = math.sqrt((0.0**2 + 0.1**2 + 0.1**2) / 3)  # population std, as the metrics' intervals
+    assert d["ci95"] == pytest.approx(1.96 * std / math.sqrt(3))
+    assert d["n"] == 3
+
+
+def test_paired_difference_rejects_unequal_series() -> None:
+    with pytest.raises(ReportError, match="equal"):
+        paired_difference([0.5, 0.6], [0.4])
+
+
+@pytest.mark.parametrize(
+    ("mean", "higher", "expected"),
+    [(0.05, True, "better"), (-0.05, True, "worse"), (-0.05, False, "better"), (0.01, True, "within")],
+)
+def test_verdict(mean: float, higher: bool, expected: str) -> None:
+    assert verdict({"mean": mean, "ci95": 0.02}, higher) == expected
+
+
+def test_pairing_cancels_what_the_models_share() -> None:
+    # the batches move both models alike: unpaired intervals overlap, the paired one does not
+    base = [0.45, 0.50, 0.55, 0.48, 0.52]
+    model = [b + 0.01 for b in base]
+    comparison = compare_models(
+        {
+            "gt": metrics_report([0.7] * 5, [0.0] * 5),
+            "sft": metrics_report(base, [0.2] * 5),
+            "dpo": metrics_report(model, [0.3, 0.1, 0.3, 0.1, 0.2]),
+        },
+        "sft",
+    )
+    assert set(comparison["vs_baseline"]) == {"dpo"}  # neither the baseline nor gt
+    r1 = comparison["vs_baseline"]["dpo"]["r_precision_top1"]
+    assert r1["mean"] == pytest.approx(0.01) and r1["ci95"] == pytest.approx(0.0, abs=1e-12)
+    assert r1["verdict"] == "better"
+    assert comparison["vs_baseline"]["dpo"]["fid"]["verdict"] == "within"
+    text = markdown(comparison, [])
+    assert "| dpo | +0.010 ± 0.000 ▲ |" in text
+    assert "| gt | 0.700 ± 0.010 |" in text
+
+
+def test_missing_baseline_and_replications_are_named() -> None:
+    with pytest.raises(ReportError, match="baseline 'sft'"):
+        compare_models({"dpo": metrics_report([0.5], [0.1])}, "sft")
+    broken = {"metrics": {}, "replications": {}}
+    with pytest.raises(ReportError, match=r"reports/metrics/dpo.json: no replications.r_precision_top1"):
+        compare_models({"sft": metrics_report([0.5], [0.1]), "dpo": broken}, "sft", {"dpo": "reports/metrics/dpo.json"})
+
+
+def test_read_report_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=r"nothing.json: missing"):
+        read_report(tmp_path / "nothing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ReportError, match=r"bad.json: not valid JSON"):
+        read_report(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ReportError, match=r"bad.json: expected a JSON object"):
+        read_report(bad)
+
+
+def test_winrate_rows_and_table() -> None:
+    cell = {
+        "temperature": 1.2,
+        "n": 10,
+        "win": {"rate": 0.5},
+        "tie": {"rate": 0.3},
+        "loss": {"rate": 0.2},
+        "win_excluding_ties": {"rate": 5 / 7, "ci95": [0.36, 0.92]},
+    }
+    empty = {
+        **cell,
+        "temperature": 2.0,
+        "win": {"rate": 0.0},
+        "tie": {"rate": 1.0},
+        "loss": {"rate": 0.0},
+        "win_excluding_ties": {"rate": None, "ci95": None},
+    }
+    rows = winrate_rows({"dpo": json.loads(json.dumps({"cells": [cell, empty]}))})
+    assert [r["temperature"] for r in rows] == [1.2, 2.0]
+    comparison = compare_models({"sft": metrics_report([0.5], [0.1])}, "sft")
+    text = markdown(comparison, rows)
+    assert "| dpo | 1.2 | 10 | 50.0% | 30.0% | 20.0% | 71.4% [36.0%, 92.0%] |" in text
+    assert "| dpo | 2 | 10 | 0.0% | 100.0% | 0.0% | no decisive pair |" in text
+
+
+def test_report_config_needs_an_evaluated_baseline() -> None:
+    from motionpref.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match="report"):
+        parse_params({"report": {"baseline": "dpo", "models": ["gt", "sft"]}}, "params.yaml")

@@ -76,6 +76,17 @@ def test_missing_baseline_and_replications_are_named() -> None:
         compare_models({"sft": metrics_report([0.5], [0.1]), "dpo": broken}, "sft", {"dpo": "reports/metrics/dpo.json"})
 
 
+def test_models_evaluated_differently_are_not_paired() -> None:
+    with pytest.raises(ReportError, match=r"dpo.json: 3 replications of r_precision_top1 against 2 in sft.json"):
+        compare_models(
+            {"sft": metrics_report([0.5, 0.4], [0.1, 0.1]), "dpo": metrics_report([0.5, 0.4, 0.6], [0.1] * 3)},
+            "sft",
+            {"sft": "sft.json", "dpo": "dpo.json"},
+        )
+    with pytest.raises(ReportError, match=r"winrate/dpo.json: no 'metrics' object"):
+        compare_models({"sft": metrics_report([0.5], [0.1]), "dpo": {"cells": []}}, "sft", {"dpo": "winrate/dpo.json"})
+
+
 def test_read_report_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match=r"nothing.json: missing"):
         read_report(tmp_path / "nothing.json")

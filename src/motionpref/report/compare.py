@@ -79,6 +79,9 @@ def compare_models(
     where = where or {}
     if baseline not in metrics:
         raise ReportError(f"the baseline {baseline!r} has no metrics (models: {', '.join(metrics)})")
+    for name, report in metrics.items():
+        if not isinstance(report.get("metrics"), Mapping):
+            raise ReportError(f"{where.get(name, name)}: no 'metrics' object (is it a reports/metrics file?)")
     rows = {
         name: {k: report["metrics"][k] for k in (*METRICS, "judge", "invalid_rate") if k in report["metrics"]}
         for name, report in metrics.items()
@@ -90,10 +93,14 @@ def compare_models(
             continue
         diffs[name] = {}
         for metric in PAIRED:
-            d = paired_difference(
-                replications(report, metric, where.get(name, name)),
-                replications(base, metric, where.get(baseline, baseline)),
-            )
+            model_reps = replications(report, metric, where.get(name, name))
+            base_reps = replications(base, metric, where.get(baseline, baseline))
+            if model_reps.shape != base_reps.shape:
+                raise ReportError(
+                    f"{where.get(name, name)}: {model_reps.size} replications of {metric} against "
+                    f"{base_reps.size} in {where.get(baseline, baseline)}; evaluate both with the same evaluate.sizes"
+                )
+            d = paired_difference(model_reps, base_reps)
             diffs[name][metric] = {**d, "verdict": verdict(d, METRICS[metric][1])}
     return {"baseline": baseline, "metrics": rows, "vs_baseline": diffs}
 

@@ -15,7 +15,7 @@ from motionpref.models.policy import MotionPolicy
 from motionpref.pipeline import StageContext
 from motionpref.train.dpo import evaluate_pairs, logprob_reduction, pair_accuracy, reference_logprobs, train_dpo
 from motionpref.train.preference import PreferencePair, Reference
-from tests.policies import ARCHS, CAPTIONS
+from tests.policies import ARCHS, CAPTIONS, Recorder
 from tests.policies import tiny_policy as tiny_policy_without_dropout
 
 DEGREES = ["much_better", "better", "slightly_better", "negligible"]
@@ -61,17 +61,6 @@ def margin(policy: MotionPolicy, pairs: list[PreferencePair]) -> float:
 def initial_reference(arch: str, pairs: list[PreferencePair], reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference log-probs of ``pairs`` under the untrained policy (same seed, so the same weights)."""
     return reference_logprobs(Reference(tiny_policy(arch)), pairs, reduction)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.logged: list[tuple[str, float, int]] = []
-
-    def __call__(self, name: str, value: float, step: int) -> None:
-        self.logged.append((name, value, step))
-
-    def series(self, name: str) -> list[float]:
-        return [v for n, v, _ in self.logged if n == name]
 
 
 def test_logprob_reduction_is_mean_for_ipo_only() -> None:

@@ -19,7 +19,7 @@ from motionpref.models.retrieval import RetrievalModel, build_tokenizer
 from motionpref.models.vqvae import MotionVQVAE, VQVAEConfig
 from motionpref.train.policy import PolicyExample, train_policy
 from motionpref.train.sopo import semi_online_pairs, train_sopo
-from tests.policies import CAPTIONS, K, tiny_policy
+from tests.policies import CAPTIONS, K, Recorder, tiny_policy
 
 D = 7
 EXAMPLES = [PolicyExample(f"clip{i}", (c,), (3 * i % K,) * 3 + (i + 1,)) for i, c in enumerate(CAPTIONS)]
@@ -103,17 +103,6 @@ def scorer() -> RetrievalModel:
         return RetrievalModel(TINY_RETRIEVAL, build_tokenizer(CAPTIONS), MEAN, STD).eval()
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.logged: list[tuple[str, float, int]] = []
-
-    def __call__(self, name: str, value: float, step: int) -> None:
-        self.logged.append((name, value, step))
-
-    def series(self, name: str) -> list[float]:
-        return [v for n, v, _ in self.logged if n == f"sopo/{name}"]
-
-
 Run = Callable[..., tuple[dict[str, float], Recorder, Path]]
 
 
@@ -132,7 +121,7 @@ def run_sopo(sft_dir: Path, vqvae: MotionVQVAE, scorer: RetrievalModel, tmp_path
         policy = MotionPolicy.load(sft_dir) if policy is None else policy
         sampling = SamplingConfig(max_new_tokens=16, retries=2) if sampling is None else sampling
         generator = MotionGenerator(policy, vqvae, MEAN, STD, sampling)
-        record = Recorder()
+        record = Recorder("sopo/")
         out = tmp_path / name
         metrics = train_sopo(generator, scorer, EXAMPLES, MOTIONS, config, BETA, lora, seed, out, record)
         return metrics, record, out
@@ -219,7 +208,7 @@ def test_captions_without_a_valid_sample_have_no_loser(
 ) -> None:
     config = SoPoConfig(variant=variant, tau=tau, k=2, epochs=2, batch_size=4, lr=1e-2)
     sampling = SamplingConfig(max_new_tokens=16, retries=2)
-    record = Recorder()
+    record = Recorder("sopo/")
     generator = HopelessGenerator(MotionPolicy.load(sft_dir), vqvae, MEAN, STD, sampling, frozenset(CAPTIONS[:1]))
     train_sopo(generator, scorer, EXAMPLES, MOTIONS, config, BETA, LORA, 0, tmp_path / "one", record)
     assert record.series("invalid_rate") == [0.25, 0.25]  # the first of four captions, both samples
@@ -227,7 +216,7 @@ def test_captions_without_a_valid_sample_have_no_loser(
 
     # Nothing valid at all: no caption has a loser, S(x_w) = 0, and the preferred term alone still trains. (Were
     # the stand-in loser, the dataset motion itself, not masked out, dsopo's two terms would cancel exactly.)
-    record = Recorder()
+    record = Recorder("sopo/")
     generator = HopelessGenerator(MotionPolicy.load(sft_dir), vqvae, MEAN, STD, sampling, frozenset(CAPTIONS))
     config = config.model_copy(update={"lr": 1e-3})  # small steps: the log-ratio rises without overshooting
     metrics = train_sopo(generator, scorer, EXAMPLES, MOTIONS, config, BETA, LORA, 0, tmp_path / "none", record)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from sampling import CAPTIONS  # the sampling benchmark's captions (bench/ is on the path of a bench script)
 
 from motionpref.config import AlgoSection, DPOConfig, LoraConfig, PolicyConfig
 from motionpref.io import write_json
@@ -55,14 +56,6 @@ ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "data" / "models" / "policy_sft"
 PREFERENCES = ROOT / "data" / "prefs" / "preferences.parquet"
 OUT = ROOT / "reports" / "bench" / "dpo_step.json"
-SCRATCH_CAPTIONS = [
-    "a person walks forward and then turns around",
-    "a man jumps up twice with both feet",
-    "someone waves the right hand above the head",
-    "the person crouches down and stands back up slowly",
-    "a figure runs in a circle counterclockwise",
-    "a man kicks with the left leg",
-]
 # Quartiles of the motion lengths (codes) in the pipeline's preference table.
 SCRATCH_LENGTHS = (21, 36)
 STEPS = ("sft", "dpo_precomputed", "dpo_online", "reference")
@@ -91,8 +84,7 @@ def scratch_pairs(n: int, codebook_size: int, seed: int) -> list[PreferencePair]
         return tuple(rng.randrange(codebook_size) for _ in range(rng.randint(*SCRATCH_LENGTHS)))
 
     return [
-        PreferencePair(f"pair-{i}", SCRATCH_CAPTIONS[i % len(SCRATCH_CAPTIONS)], motion(), motion(), "better", 2.0)
-        for i in range(n)
+        PreferencePair(f"pair-{i}", CAPTIONS[i % len(CAPTIONS)], motion(), motion(), "better", 2.0) for i in range(n)
     ]
 
 
@@ -189,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.scratch:
         config = PolicyConfig()
-        policy = MotionPolicy.from_scratch(config, SCRATCH_CAPTIONS, seed=args.seed)
+        policy = MotionPolicy.from_scratch(config, CAPTIONS, seed=args.seed)
         pairs = scratch_pairs(args.batch_size, policy.codebook_size, args.seed)
         source = f"random init (PolicyConfig defaults: d_model {config.d_model}, {config.num_layers} layers)"
         data = f"random codes, {SCRATCH_LENGTHS[0]}-{SCRATCH_LENGTHS[1]} per motion"

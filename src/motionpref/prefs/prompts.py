@@ -1,16 +1,15 @@
 """Prompts for the preference data: new motion descriptions unlike the training captions.
 
 The paper wrote its prompts with an LLM because a model finetuned on its own training captions only
-learns to repeat them. Three backends propose candidates, one stream each:
+learns to repeat them. Four backends propose candidates, one stream each:
 
 - ``synthetic`` (embedded mode): the synthetic world's held-out novel programs (``novel_programs.jsonl``),
   each paraphrased by the caption grammar; every prompt carries its program as JSON, so the synthetic
   judge can score the motions sampled for it. Programs are used round-robin, so ``n`` >= the number of
   programs uses every one at least once (a later round gives a program a new paraphrase).
 - ``familiar`` (embedded mode): new programs drawn from the world's own distribution, free of its held-out
-  combinations and unlike any dataset clip's program, paraphrased the same way. Novel programs alone make a
-  prompt set the supervised model nearly always fails (both motions of most pairs fail, and the better one is
-  only less wrong); the paper's prompts were new sentences, mostly about motions the model could do.
+  combinations and unlike any dataset clip's program, paraphrased the same way: the control for asking whether
+  the novelty of the prompts matters (on the CPU demo it does not: the supervised policy fails these as often).
 - ``recombine`` (real data, no programs): the training captions' ``word/POS`` tokens are cut into slots
   (verbs, the body parts a verb takes as object or after "with", its directions, manner adverbs) and
   recombined into new sentences, see :class:`Recombiner`.

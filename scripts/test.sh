@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up .venv with the dev extras and run the whole test suite (the labeling app's test drives Chromium).
+# Set up .venv from the lock (the dev extras are in it) and run the whole test suite (the labeling app's test drives
+# Chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then
@@ -10,6 +11,6 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "the browser test needs Chromium at /usr/bin/chromium: sudo apt-get install chromium" >&2
   fi
 fi
-bash scripts/setup.sh dev
+bash scripts/setup.sh
 . .venv/bin/activate
 python -m pytest -q "$@"

@@ -12,7 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from motionpref.prefs.ingest import PREFERENCES_SCHEMA, ingest, is_val, stats_markdown, write_outputs
+from motionpref.prefs.ingest import (
+    PREFERENCES_SCHEMA,
+    assign_splits,
+    ingest,
+    is_val,
+    split_key,
+    stats_markdown,
+    write_outputs,
+)
 from motionpref.prefs.labels import LabelError
 
 MARGINS = {"much_better": 3.0, "better": 2.0, "slightly_better": 1.0, "negligible": 0.0}
@@ -146,6 +154,58 @@ def test_split_is_stable_seeded_and_near_fraction(tmp_path: Path) -> None:
     assert {"train", "val"} == set(split_big.values())
 
 
+def _seed_where(ids: list[str], val_fraction: float, want_val: bool) -> int:
+    """The first seed whose plain hash split puts every one of `ids` in val (want_val) or in train."""
+    return next(s for s in range(10_000) if all(is_val(i, s, val_fraction) == want_val for i in ids))
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_few_preferences_still_fill_both_splits(tmp_path: Path, n: int) -> None:
+    ids = [f"p{i}" for i in range(n)]
+    path = write_labels(tmp_path / "a.jsonl", [judgment(i, t=i) for i in range(n)])
+
+    seed = _seed_where(ids, 0.1, want_val=False)  # the hash split leaves val empty
+    result = run([path], make_pairs(n), seed=seed)
+    split = result.preferences.set_index("pair_id")["split"].to_dict()
+    lowest = min(ids, key=lambda i: split_key(i, seed))
+    assert split == {i: "val" if i == lowest else "train" for i in ids}
+    assert result.stats["split"] == {"train": n - 1, "val": 1}
+
+    seed = _seed_where(ids, 0.9, want_val=True)  # the hash split leaves train empty
+    result = run([path], make_pairs(n), val_fraction=0.9, seed=seed)
+    split = result.preferences.set_index("pair_id")["split"].to_dict()
+    highest = max(ids, key=lambda i: split_key(i, seed))
+    assert split == {i: "train" if i == highest else "val" for i in ids}
+    assert result.stats["split"] == {"train": 1, "val": n - 1}
+
+
+def test_one_preference_keeps_its_hash_side(tmp_path: Path) -> None:
+    path = write_labels(tmp_path / "a.jsonl", [judgment(0)])
+    seed = _seed_where(["p0"], 0.1, want_val=False)
+    assert run([path], make_pairs(1), seed=seed).preferences["split"].tolist() == ["train"]
+
+
+def test_large_runs_keep_exactly_the_hash_split(tmp_path: Path) -> None:
+    path = write_labels(tmp_path / "a.jsonl", [judgment(i, t=i % 3600) for i in range(300)])
+    for seed in (0, 3, 11):
+        table = run([path], make_pairs(300), seed=seed).preferences
+        assert table["split"].tolist() == ["val" if is_val(p, seed, 0.1) else "train" for p in table["pair_id"]]
+        assert {"train", "val"} == set(table["split"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=8), max_size=12, unique=True), st.integers(0, 99), st.floats(0, 1))
+def test_split_fills_both_sides_and_moves_at_most_one_pair(ids: list[str], seed: int, fraction: float) -> None:
+    plain = ["val" if is_val(i, seed, fraction) else "train" for i in ids]
+    splits = assign_splits(ids, seed, fraction)
+    if len(ids) >= 2:
+        assert {"train", "val"} == set(splits)
+    if len(ids) < 2 or {"train", "val"} == set(plain):
+        assert splits == plain
+    else:
+        assert sum(a != b for a, b in zip(splits, plain, strict=True)) == 1
+
+
 def test_paper_counts_reproduce_the_paper_table(tmp_path: Path) -> None:
     counts = {"much_better": 996, "better": 607, "slightly_better": 497, "negligible": 116, "skip": 1312}
     lines, i = [], 0
@@ -215,6 +275,59 @@ def test_outputs_are_written_whole_and_raw_files_untouched(tmp_path: Path) -> No
     assert {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in before} == before
 
 
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (b"[" * 100_000, "JSON nested too deeply"),
+        (b'{"pair_id": "p1", "prompt": ' + b"[" * 100_000, "JSON nested too deeply"),
+        (judgment(1, labeler="\ud800"), "field 'labeler': holds the lone surrogate '\\ud800'"),
+    ],
+)
+def test_lines_that_used_to_crash_are_errors_or_quarantined(tmp_path: Path, bad: bytes, reason: str) -> None:
+    assert b"\\ud800" in judgment(1, labeler="\ud800")  # written as the JSON escape, as a client would
+    path = write_labels(tmp_path / "ann.jsonl", [judgment(0), bad, judgment(2, "b")])
+    with pytest.raises(LabelError) as info:
+        run([path], make_pairs(3))
+    assert str(info.value).startswith(f"{path}:2: ") and reason in str(info.value)
+
+    out = tmp_path / "out"
+    result = run([path], make_pairs(3), on_error="quarantine", quarantine_path=out / "quarantine.jsonl")
+    assert [(p.line, p.raw) for p in result.problems] == [(2, bad + b"\n")]
+    assert reason in result.problems[0].reason
+    write_outputs(result, out / "preferences.parquet", out / "stats.json", out / "stats.md")
+    table = pq.read_table(out / "preferences.parquet")
+    assert table.column("pair_id").to_pylist() == ["p0", "p2"]
+    assert table.column("labelers").to_pylist() == [["ann"], ["ann"]]
+    (entry,) = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
+    assert base64.b64decode(entry["raw"]) == bad + b"\n"
+
+
+def test_quarantine_file_among_the_labels_is_refused(tmp_path: Path) -> None:
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    good = write_labels(labels / "ann.jsonl", [judgment(0), b"not json"])
+    quarantine = labels / "quarantine.jsonl"
+    with pytest.raises(ValueError, match="lies inside the labels folder") as info:
+        run([good], make_pairs(1), on_error="quarantine", quarantine_path=quarantine, labels_dir=labels)
+    assert str(quarantine) in str(info.value) and str(labels) in str(info.value)
+    assert not quarantine.exists()
+
+    # a previous run's quarantine file picked up with the labels (say by a glob over the folder)
+    quarantine.write_text(json.dumps({"file": str(good), "line": 2, "reason": "x", "raw": "bm90IGpzb24K"}) + "\n")
+    before = quarantine.read_bytes()
+    with pytest.raises(ValueError, match="also given as the label file") as info:
+        run([good, quarantine], make_pairs(1), on_error="quarantine", quarantine_path=quarantine)
+    assert str(quarantine) in str(info.value)
+    assert quarantine.read_bytes() == before
+    with pytest.raises(ValueError, match="also given as the label file"):
+        run([good, labels / ".." / "labels" / "quarantine.jsonl"], make_pairs(1), quarantine_path=quarantine)
+
+    # outside the labels folder (the pipeline's layout) it is fine
+    elsewhere = tmp_path / "quarantine.jsonl"
+    result = run([good], make_pairs(1), on_error="quarantine", quarantine_path=elsewhere, labels_dir=labels)
+    assert len(result.problems) == 1
+
+
 def test_failed_write_leaves_previous_outputs(tmp_path: Path) -> None:
     result = run([write_labels(tmp_path / "a.jsonl", [judgment(0)])], make_pairs(1))
     parquet, stats = tmp_path / "prefs.parquet", tmp_path / "stats.json"
@@ -255,7 +368,10 @@ def valid_line(draw: st.DrawFn) -> bytes:
 @st.composite
 def bad_line(draw: st.DrawFn) -> bytes:
     base = json.loads(draw(valid_line()))
-    kind = draw(st.sampled_from(["bytes", "utf8", "cut", "missing", "extra", "degree", "pair", "type", "time"]))
+    kinds = ["bytes", "utf8", "cut", "missing", "extra", "degree", "pair", "type", "time", "deep", "surrogate"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "deep":
+        return draw(st.sampled_from([b"[", b'{"a": ', b'{"pair_id": ['])) * 50_000
     if kind == "bytes":
         return draw(st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\n", b"")).filter(bytes.strip))
     if kind == "utf8":
@@ -273,6 +389,8 @@ def bad_line(draw: st.DrawFn) -> bytes:
         base["pair_id"] = "no-such-pair"
     elif kind == "type":
         base[draw(st.sampled_from(["pair_id", "labeler", "choice", "created_at"]))] = 42
+    elif kind == "surrogate":
+        base[draw(st.sampled_from(["pair_id", "labeler", "prompt"]))] += "\udc80"
     else:
         base["created_at"] = "2024-13-45"
     return json.dumps(base).encode()

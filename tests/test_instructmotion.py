@@ -174,6 +174,11 @@ def _broken(**changes: object) -> dict:
         (_broken(sample_2={"gif": "x.gif"}), "sample_2: missing key 'features'"),
         (_broken(id=None), "missing key 'ID'"),
         (_broken(id=1), "duplicate id 1 (first on line 1)"),
+        (_broken(chosen=[entry("sample_1", "Better", "  ")]), "chosen[0]: 'user' is blank ('  ')"),
+        (_broken(chosen=[entry("sample_1", "Better", "\ud800")]), "chosen[0]: 'user' holds the lone surrogate"),
+        (_broken(prompt="a person \udc00 waves"), "'prompt' holds the lone surrogate '\\udc00' at index 9"),
+        (_broken(id="x\ud800"), "'id' holds the lone surrogate"),
+        (_broken(sample_1={"features": "f/\ud800.npy"}), "sample_1: 'features' holds the lone surrogate"),
     ],
 )
 def test_bad_records_name_file_and_line(tmp_path: Path, record: dict, reason: str) -> None:
@@ -184,6 +189,42 @@ def test_bad_records_name_file_and_line(tmp_path: Path, record: dict, reason: st
         read_instructmotion(path)
     assert str(info.value).startswith(f"{path}:2: ")
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize("line", [b"[" * 100_000, b'{"id": 2, "chosen": ' + b"[" * 100_000, b'{"a": ' * 50_000])
+def test_deeply_nested_line_names_file_and_line(tmp_path: Path, line: bytes) -> None:
+    path = write_release(tmp_path, [RECORDS[0]], tokens=False)
+    path.write_bytes(path.read_bytes() + line + b"\n")
+    with pytest.raises(LabelError, match=r"preference_labels\.jsonl:2: JSON nested too deeply"):
+        read_instructmotion(path)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "codebook", "reason"),
+    [
+        ([[5, 512]], 512, "token 512 at position 1 is outside the codebook [0, 512)"),
+        ([[-1, 3]], 512, "token -1 at position 0 is outside the codebook [0, 512)"),
+        ([[513]], 512, "token 513 at position 0"),  # MotionGPT's end id is not a motion token either
+        ([[0, 15, 16]], 16, "token 16 at position 2 is outside the codebook [0, 16)"),
+    ],
+)
+def test_tokens_outside_the_codebook_name_file_and_line(
+    tmp_path: Path, tokens: list[list[int]], codebook: int, reason: str
+) -> None:
+    root = tmp_path / "preference_data"
+    path = write_release(root, RECORDS[:2])
+    np.save(root / token_path(RECORDS[1]["sample_2"]["features"]), np.array(tokens, dtype=np.int64))
+    with pytest.raises(LabelError) as info:
+        read_instructmotion(path, root, codebook_size=codebook)
+    assert str(info.value).startswith(f"{path}:2: ")
+    assert "2_2_token.npy" in str(info.value) and reason in str(info.value)
+
+
+def test_tokens_at_the_codebook_edges_are_kept(tmp_path: Path) -> None:
+    root = tmp_path / "preference_data"
+    path = write_release(root, RECORDS[:1])
+    np.save(root / token_path(RECORDS[0]["sample_1"]["features"]), np.array([[0, 511]], dtype=np.int64))
+    assert read_instructmotion(path, root).pairs.iloc[0].tokens_a == [0, 511]
 
 
 def test_malformed_lines_and_missing_tokens(tmp_path: Path) -> None:

@@ -73,6 +73,12 @@ def test_parse_valid_line_and_roundtrip_through_file(tmp_path: Path) -> None:
         (line(created_at="2024-05-01T12:00:00+02:00"), "is not in UTC"),
         (line(pair_id="  "), "must not be empty"),
         (b'{"pair_id": "a", "pair_id": "b"}', "duplicate field 'pair_id'"),
+        (b"[" * 100_000, "JSON nested too deeply"),
+        (b'{"pair_id": ' + b"[" * 100_000, "JSON nested too deeply"),
+        # json.dumps writes the lone surrogate as the ASCII escape \ud800, which json.loads turns back into one
+        (line(labeler="\ud800"), "field 'labeler': holds the lone surrogate '\\ud800' at index 0"),
+        (line(pair_id="p\udfff"), "field 'pair_id': holds the lone surrogate '\\udfff' at index 1"),
+        (line(prompt="a person \ud83d waves"), "field 'prompt': holds the lone surrogate"),
     ],
 )
 def test_parse_rejects_with_file_line_and_reason(raw: bytes, reason: str) -> None:
@@ -103,6 +109,18 @@ def test_last_line_without_newline_that_parses_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "ann.jsonl"
     path.write_bytes(line() + b"\n" + line(pair_id="p1"))
     assert [j.pair_id for _, j in read_labels(path)] == ["p0", "p1"]
+
+
+def test_surrogate_pair_escape_is_a_valid_character() -> None:
+    # \ud83d\ude00 together are one emoji: only a lone half is refused
+    assert parse_judgment(line(prompt="a person \U0001f600 waves"), "f", 1).prompt == "a person \U0001f600 waves"
+
+
+def test_deeply_nested_line_blocks_resuming_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "ann.jsonl"
+    path.write_bytes(line() + b"\n" + b'{"pair_id": ' + b"[" * 100_000 + b"\n")
+    with pytest.raises(LabelError, match=r"ann\.jsonl:2: JSON nested too deeply"):
+        labeled_pair_ids(path)
 
 
 def test_labeled_pair_ids(tmp_path: Path) -> None:

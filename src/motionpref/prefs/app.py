@@ -7,7 +7,8 @@ judged in ``labels/<labeler>.jsonl``, so a labeler resumes where they stopped. A
 flush + fsync (:func:`~motionpref.prefs.labels.append_judgment`) before the next pair is shown or the HTTP
 request is answered; a per-labeler lock and the set of judged pair ids make a double submit of a pair (double
 click, two tabs, a client retry) a no-op instead of a second line. One app process per labels folder: the
-judged sets live in this process.
+judged sets live in this process, so :func:`launch` holds an exclusive lock on the labels folder while it serves
+and a second app on the same folder refuses to start.
 
 Keyboard (shown on the page): ``1``..``4`` = A is much better / better / slightly better / negligibly
 better; ``9``..``6`` = the same for B (the number row reads as a scale from "A much better" on the left to
@@ -28,15 +29,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import threading
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +88,36 @@ DEGREE_TEXT["negligible"] = "negligibly better / unsure"
 
 class LabelerError(ValueError):
     """A labeler name that cannot be a label file name."""
+
+
+class LabelsFolderBusy(RuntimeError):
+    """Another process serves the labels folder."""
+
+
+@contextmanager
+def lock_labels_dir(labels_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``labels_dir`` (created if missing) for the block; LabelsFolderBusy if another
+    process holds it. Two apps on one folder would each keep their own judged sets and both acknowledge the
+    same (labeler, pair).
+
+    The lock is a flock on the folder itself, not on a lock file in it: the folder is a DVC dependency of
+    ingest_labels and lives in git, where a new file would change its hash and show as untracked. The kernel
+    drops the lock when the process dies, even by kill -9, so a crash never leaves the folder locked.
+    """
+    labels_dir = Path(labels_dir)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(labels_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LabelsFolderBusy(
+                f"labels folder {labels_dir} is already served by another labeling app; stop that one first "
+                "(one app per labels folder, or it would acknowledge the same judgment twice)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def check_labeler(name: str) -> str:
@@ -329,7 +364,7 @@ _KEYS_JS = """
 """
 
 PAGE_CSS = """
-#prompt, #prompt p { font-size: 1.3rem !important; line-height: 1.4; }
+#prompt textarea { font-size: 1.3rem !important; line-height: 1.4; }
 #progress { text-align: right; }
 #choices { gap: 8px; align-items: stretch; flex-wrap: nowrap; }
 #choices button { height: 100%; min-height: 4.4em; min-width: 0; white-space: normal; line-height: 1.25; }
@@ -369,7 +404,8 @@ def build_ui(store: LabelStore, require_login: bool = False) -> gr.Blocks:
             with gr.Row(equal_height=True):
                 who = gr.Markdown(elem_id="labeler")
                 progress = gr.Markdown(elem_id="progress")
-            prompt = gr.Markdown(elem_id="prompt")
+            # Plain text: a labeler judges the prompt as the policy read it, not Markdown or HTML rendered from it.
+            prompt = gr.Textbox(label="Prompt", interactive=False, elem_id="prompt")
             preview = gr.Image(
                 type="filepath",
                 show_label=False,
@@ -417,7 +453,7 @@ def build_ui(store: LabelStore, require_login: bool = False) -> gr.Blocks:
                     gr.update(visible=False),
                     f"Labeler **{labeler}**",
                     f"**{done} of {total}** judged",
-                    f"All {total} pairs judged. Thank you!",
+                    gr.update(value=f"All {total} pairs judged. Thank you!", label="Done"),
                     None,
                     "",
                     message,
@@ -435,7 +471,7 @@ def build_ui(store: LabelStore, require_login: bool = False) -> gr.Blocks:
                 gr.update(visible=True),
                 f"Labeler **{labeler}**",
                 f"Pair **{done + 1} of {total}** · `{pair.pair_id}`",
-                f"**Prompt:** {pair.prompt}",
+                gr.update(value=pair.prompt, label="Prompt"),
                 gif,
                 pair.pair_id,
                 message,
@@ -537,16 +573,29 @@ class JudgmentRequest(BaseModel):
     labeler: str | None = None
 
 
+# What an unknown user's password is checked against: random per process, so no request can match it.
+_NO_PASSWORD = secrets.token_bytes(32)
+
+
+def _digest(secret: bytes) -> bytes:
+    # Equal-length inputs for compare_digest, which otherwise returns early on a length mismatch.
+    return hashlib.sha256(secret).digest()
+
+
 def _basic_user(request: Request, users: dict[str, str]) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     try:
         name, sep, password = base64.b64decode(token, validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeDecodeError):
-        sep = ""
-    # compare_digest: the time taken must not tell how much of a password was right
-    expected = users.get(name, "\0").encode()
-    if scheme.lower() != "basic" or not sep or not hmac.compare_digest(expected, password.encode()):
+        name, sep, password = "", "", ""
+    known = name in users
+    # An unknown name still costs one comparison, so the time taken tells neither whether the name exists nor
+    # how much of a password was right; `&` evaluates both sides, and `known` keeps an unknown name out even
+    # if its password were to match.
+    expected = users[name].encode() if known else _NO_PASSWORD
+    matches = hmac.compare_digest(_digest(expected), _digest(password.encode()))
+    if scheme.lower() != "basic" or not sep or not (known & matches):
         raise HTTPException(401, "login required", headers={"WWW-Authenticate": 'Basic realm="motionpref"'})
     return name
 
@@ -597,6 +646,8 @@ def create_app(store: LabelStore, users: list[tuple[str, str]] | None = None) ->
         footer_links=[],
         ssr_mode=False,
         css=PAGE_CSS,
+        # Gradio's own FastAPI app would serve its schema at /openapi.json, outside any login.
+        app_kwargs={"openapi_url": None},
     )
 
 
@@ -620,27 +671,28 @@ def launch(
     """Serve the labeling app until interrupted. Paths inside the pairs table are relative to ``root``
     (default the working directory, the repo root); lazily rendered previews go to ``previews_dir``
     (default ``<labels_dir>/../app_previews``). ``auth`` None reads :data:`USERS_ENV`; login stays off if
-    that is empty too."""
+    that is empty too. LabelsFolderBusy if another app serves ``labels_dir`` (see :func:`lock_labels_dir`)."""
     import uvicorn
 
     pairs_path, labels_dir = Path(pairs_path), Path(labels_dir)
     auth = auth if auth is not None else users_from_env()
     if host not in ("127.0.0.1", "localhost", "::1") and not auth:
         log.warning("serving on %s without login: anyone who reaches this port can write labels", host)
-    store = LabelStore(
-        read_pairs(pairs_path),
-        labels_dir,
-        previews_dir if previews_dir is not None else labels_dir.parent / "app_previews",
-        root=root if root is not None else Path.cwd(),
-        shuffle_seed=shuffle_seed,
-        preview_size=preview_size,
-        source=str(pairs_path),
-    )
-    print(f"labeling {store.total} pairs at http://{host}:{port}/ (login {'on' if auth else 'off'})", flush=True)
-    try:
-        uvicorn.run(create_app(store, auth), host=host, port=port, log_level="warning")
-    finally:
-        store.previews.close()
+    with lock_labels_dir(labels_dir):
+        store = LabelStore(
+            read_pairs(pairs_path),
+            labels_dir,
+            previews_dir if previews_dir is not None else labels_dir.parent / "app_previews",
+            root=root if root is not None else Path.cwd(),
+            shuffle_seed=shuffle_seed,
+            preview_size=preview_size,
+            source=str(pairs_path),
+        )
+        print(f"labeling {store.total} pairs at http://{host}:{port}/ (login {'on' if auth else 'off'})", flush=True)
+        try:
+            uvicorn.run(create_app(store, auth), host=host, port=port, log_level="warning")
+        finally:
+            store.previews.close()
 
 
 def label_app_main(
@@ -657,13 +709,16 @@ def label_app_main(
     """CLI entry (``motionpref label-app``): ``users`` is ``"alice:pw1,bob:pw2"``, else read from
     ``MOTIONPREF_APP_USERS``; neither means no login. Other arguments as in :func:`launch`."""
     auth = parse_users(users, "--users") if users else None
-    launch(
-        Path(pairs_path),
-        Path(labels_dir),
-        host,
-        port,
-        auth,
-        previews_dir=previews_dir,
-        shuffle_seed=shuffle_seed,
-        preview_size=preview_size,
-    )
+    try:
+        launch(
+            Path(pairs_path),
+            Path(labels_dir),
+            host,
+            port,
+            auth,
+            previews_dir=previews_dir,
+            shuffle_seed=shuffle_seed,
+            preview_size=preview_size,
+        )
+    except LabelsFolderBusy as e:
+        raise SystemExit(f"label-app: {e}") from None

@@ -84,14 +84,38 @@ class IngestResult:
     quarantine_path: Path | None
 
 
+def split_key(pair_id: str, seed: int) -> int:
+    """The pair's sha256-based number in [0, 2**64) that decides its split: val when below val_fraction."""
+    digest = hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
 def is_val(pair_id: str, seed: int, val_fraction: float) -> bool:
-    """Whether a pair is in the validation split.
+    """Whether the hash split puts a pair in the validation split.
 
     Each pair's side is a function of (seed, pair_id) alone, sha256 read as a uniform number in [0, 1), so
-    adding pairs never moves old ones between train and val.
+    adding pairs never moves old ones between train and val. :func:`assign_splits` adds the one exception.
     """
-    digest = hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+    return split_key(pair_id, seed) / 2**64 < val_fraction
+
+
+def assign_splits(pair_ids: Sequence[str], seed: int, val_fraction: float) -> list[str]:
+    """Each pair's split, "train" or "val": the hash split of :func:`is_val`, leaving neither split empty.
+
+    Every consumer needs both splits (the validation split picks the best epoch), and a handful of pairs
+    often hashes all to one side. So with two or more pairs: if no pair is in val, the one with the smallest
+    :func:`split_key` moves to val; if none is in train, the one with the largest moves to train (whatever
+    val_fraction, 0 and 1 included). When the hash split already fills both, no pair moves, so large runs
+    keep exactly the hash split; a moved pair may move back once more pairs are judged.
+    """
+    splits = ["val" if is_val(p, seed, val_fraction) else "train" for p in pair_ids]
+    if len(splits) >= 2:
+        keys = [split_key(p, seed) for p in pair_ids]
+        if "val" not in splits:
+            splits[keys.index(min(keys))] = "val"
+        elif "train" not in splits:
+            splits[keys.index(max(keys))] = "train"
+    return splits
 
 
 def _degree_vote(votes: Sequence[Judgment]) -> Degree:
@@ -116,6 +140,22 @@ def _resolve(ordered: list[Judgment], votes: list[Judgment], rule: Rule) -> tupl
     choice = winners[0]
     side = [v for v in votes if v.choice == choice]
     return choice, None if choice == "skip" else _degree_vote(side), side[-1].source
+
+
+def _check_quarantine(quarantine: Path, label_paths: Sequence[Path], labels_dir: Path | None) -> None:
+    """Refuse a quarantine file that ingestion would read back as labels: it would grow on every run."""
+    target = Path(quarantine).resolve()
+    if labels_dir is not None and target.is_relative_to(Path(labels_dir).resolve()):
+        raise ValueError(
+            f"quarantine file {quarantine} lies inside the labels folder {labels_dir}, so the next run would "
+            "read its own quarantined lines back as labels; put the quarantine file outside that folder"
+        )
+    for path in label_paths:
+        if Path(path).resolve() == target:
+            raise ValueError(
+                f"quarantine file {quarantine} is also given as the label file {path}, so every run would read "
+                "its own quarantined lines back as labels; keep the quarantine file out of the label files"
+            )
 
 
 def _check_inputs(
@@ -155,6 +195,7 @@ def ingest(
     margins: dict[str, float],
     on_error: OnError = "fail",
     quarantine_path: Path | None = None,
+    labels_dir: Path | None = None,
 ) -> IngestResult:
     """Validate every judgment of `label_paths` against the schema and `pairs`, resolve each pair by `rule`.
 
@@ -164,11 +205,14 @@ def ingest(
     labeler correcting themselves is not a conflict), and the degree is the most common degree among the
     winning votes, ties going to the weaker one. With on_error="fail" the first bad line raises
     :class:`LabelError`; with "quarantine" bad lines are returned as problems (for `quarantine_path`) and
-    skipped.
+    skipped. A `quarantine_path` inside `labels_dir` (the folder `label_paths` were gathered from, if given)
+    or among `label_paths` is refused with ValueError. Splits are assigned by :func:`assign_splits`.
     """
     if not label_paths:
         raise ValueError("no label files given")
     _check_inputs(pairs, rule, val_fraction, margins, on_error, quarantine_path)
+    if quarantine_path is not None:
+        _check_quarantine(quarantine_path, label_paths, labels_dir)
     prompts = dict(zip(pairs["pair_id"], pairs["prompt"], strict=True))
 
     problems: list[Problem] = []
@@ -239,13 +283,16 @@ def ingest(
                 "rejected_features": getattr(record, f"features_{lose}"),
                 "degree": degree,
                 "margin": float(margins[degree]),
-                "split": "val" if is_val(record.pair_id, seed, val_fraction) else "train",
+                "split": None,  # set below, once every pair's side is known
                 "n_judgments": len(ordered),
                 "labelers": sorted(latest),
                 "source": source,
             }
         )
 
+    splits = assign_splits([row["pair_id"] for row in rows], seed, val_fraction)
+    for row, split in zip(rows, splits, strict=True):
+        row["split"] = split
     table = pd.DataFrame(rows, columns=PREFERENCES_SCHEMA.names)
     judged = sum(outcome.values())
     n_val = int((table["split"] == "val").sum())

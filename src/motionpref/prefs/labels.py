@@ -49,6 +49,21 @@ def parse_timestamp(value: str) -> datetime:
     return stamp
 
 
+def encodable(text: str) -> str:
+    """`text` itself if UTF-8 can encode it; ValueError naming its first lone surrogate otherwise.
+
+    JSON's `\\ud800` escape decodes to such a surrogate, which no UTF-8 file (a label line, a parquet string)
+    can hold: accepting one only moves the failure to whatever writes it next.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"holds the lone surrogate {text[e.start]!r} at index {e.start}, which UTF-8 cannot encode"
+        ) from None
+    return text
+
+
 def utc_now() -> str:
     """The current time as the `created_at` string labelers write."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -73,6 +88,11 @@ class Judgment(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("pair_id", "prompt", "labeler")
+    @classmethod
+    def _utf8(cls, value: str) -> str:
+        return encodable(value)
 
     @field_validator("created_at")
     @classmethod
@@ -133,6 +153,14 @@ def parse_judgment(line: bytes | str, path: str | Path, lineno: int) -> Judgment
     else:
         text = line
     try:
+        return _judgment_of(text, path, lineno)
+    except RecursionError:
+        # json's decoder recurses per nesting level (and so do repr and pydantic on what it returns)
+        raise LabelError(path, lineno, "JSON nested too deeply to parse") from None
+
+
+def _judgment_of(text: str, path: str | Path, lineno: int) -> Judgment:
+    try:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as e:
         raise LabelError(path, lineno, f"malformed JSON: {e.msg} at column {e.colno}") from None
@@ -178,6 +206,8 @@ def is_torn(raw: bytes) -> bool:
         return False
     try:
         json.loads(text)
+    except RecursionError:
+        return False  # too deep to be any writer's line
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         # JSON cut short fails at its very end or inside its last string; other damage fails mid-line
         return isinstance(e, json.JSONDecodeError) and (

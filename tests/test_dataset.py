@@ -12,6 +12,7 @@ from motionpref.motion.dataset import (
     load_split,
     load_stats,
     mirrored_id,
+    read_joints,
     read_split,
     validate_dataset,
     write_clip,
@@ -194,6 +195,24 @@ def test_pickled_arrays_are_refused(dataset):
     np.save(dataset / "new_joint_vecs" / "000003.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(DatasetError, match=r"new_joint_vecs/000003\.npy: not a readable \.npy array"):
         load_split(dataset, "test")
+
+
+@pytest.mark.parametrize(
+    ("rel", "load"),
+    [
+        ("Mean.npy", load_stats),
+        ("Std.npy", load_stats),
+        ("new_joint_vecs/000003.npy", lambda root: load_split(root, "test")),
+        ("new_joints/000003.npy", lambda root: read_joints(root, "000003")),
+    ],
+)
+def test_empty_npy_files_are_named(dataset, rel, load):
+    (dataset / rel).write_bytes(b"")
+    with pytest.raises(DatasetError, match=rf"{rel}: not a readable \.npy array"):
+        load(dataset)
+    with pytest.raises(DatasetError) as err:
+        validate_dataset(dataset)
+    assert f"{rel}: not a readable .npy array (No data left in file)" in err.value.problems
 
 
 def test_non_finite_clips_are_skipped_with_a_warning(dataset):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from motionpref.models.checkpoint import CheckpointError
 from motionpref.models.evaluator import (
     Evaluator,
     EvaluatorConfig,
@@ -228,6 +230,52 @@ def test_glove_needs_the_special_words(tmp_path):
     write_t2m_layout(tmp_path, words=("sos", "eos", "walk"))
     with pytest.raises(ValueError, match=r"our_vab_words.pkl: the vocabulary lacks the special word\(s\) \['unk'\]"):
         Evaluator.from_t2m(tmp_path / "checkpoints", tmp_path / "glove")
+
+
+def test_glove_rows_must_be_integers_not_bools(tmp_path):
+    write_t2m_layout(tmp_path)
+    with open(tmp_path / "glove" / "our_vab_idx.pkl", "wb") as f:
+        pickle.dump({"sos": True, "eos": 3, "unk": 4, "person": 5, "walk": 6}, f)
+    with pytest.raises(CheckpointError, match=r"our_vab_idx\.pkl: word 'sos' maps to True, not a row"):
+        Evaluator.from_t2m(tmp_path / "checkpoints", tmp_path / "glove")
+
+
+@pytest.mark.parametrize(
+    ("vectors", "found"),
+    [
+        (np.ones((7, 300), dtype=bool), r"bool of shape \(7, 300\)"),
+        (np.full((7, 300), "x"), r"<U1 of shape \(7, 300\)"),
+        (np.ones((7, 300), dtype=np.int64), r"int64 of shape \(7, 300\)"),
+        (np.ones((7, 299), dtype=np.float32), r"float32 of shape \(7, 299\)"),
+        (np.ones(7 * 300, dtype=np.float32), r"float32 of shape \(2100,\)"),
+    ],
+)
+def test_glove_vectors_must_be_float_rows_of_the_word_size(tmp_path, vectors, found):
+    write_t2m_layout(tmp_path)
+    np.save(tmp_path / "glove" / "our_vab_data.npy", vectors)
+    with pytest.raises(
+        CheckpointError, match=rf"our_vab_data\.npy: expected float word vectors of shape \(V, 300\), got {found}"
+    ):
+        Evaluator.from_t2m(tmp_path / "checkpoints", tmp_path / "glove")
+
+
+@pytest.mark.parametrize("rel", ["glove/our_vab_data.npy", "checkpoints/t2m/Comp_v6_KLD01/meta/std.npy"])
+def test_empty_npy_files_of_the_published_layout_are_named(tmp_path, rel):
+    write_t2m_layout(tmp_path)
+    (tmp_path / rel).write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"{rel}: not a readable \.npy array"):
+        Evaluator.from_t2m(tmp_path / "checkpoints", tmp_path / "glove")
+
+
+def test_saved_vocabulary_rows_must_be_integers_in_the_word_table(tmp_path):
+    tiny_evaluator().save(tmp_path / "ev")
+    vocab = json.loads((tmp_path / "ev" / "vocab.json").read_text())
+    (tmp_path / "ev" / "vocab.json").write_text(json.dumps({**vocab, "walk": True}))
+    with pytest.raises(CheckpointError, match=r"ev/vocab\.json: expected a JSON object word -> row"):
+        Evaluator.load(tmp_path / "ev")
+    (tmp_path / "ev" / "vocab.json").write_text(json.dumps({**vocab, "walk": 10_000}))
+    with pytest.raises(CheckpointError, match=r"vocab\.json: a word maps to row 10000, .*model\.safetensors has"):
+        Evaluator.load(tmp_path / "ev")
 
 
 # ---------------------------------------------------------------------------------- losses and training

@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
+from motionpref.models.checkpoint import CheckpointError
 from motionpref.models.policy import MotionPolicy
 from motionpref.motion.dataset import Entry
 from motionpref.motion.text import Caption
@@ -83,7 +84,7 @@ def test_motiongpt_checkpoint_loads_with_matching_ids_and_weights(flan_dir, tmp_
 def test_motiongpt_wrong_codebook_names_key_and_shapes(flan_dir, tmp_path) -> None:
     motiongpt_checkpoint(flan_dir, tmp_path / "ckpt.tar", codebook_size=K + 2)
     rows = len(AutoTokenizer.from_pretrained(flan_dir)) + K + 3
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(CheckpointError) as info:
         MotionPolicy.from_motiongpt(tmp_path / "ckpt.tar", flan_dir, codebook_size=K)
     message = str(info.value)
     assert "lm.language_model." in message and "'shared.weight'" in message
@@ -92,7 +93,8 @@ def test_motiongpt_wrong_codebook_names_key_and_shapes(flan_dir, tmp_path) -> No
 
 def test_motiongpt_missing_key_is_named(flan_dir, tmp_path) -> None:
     motiongpt_checkpoint(flan_dir, tmp_path / "ckpt.tar", drop="encoder.final_layer_norm.weight")
-    with pytest.raises(ValueError, match=r"missing key 'encoder.final_layer_norm.weight' \(expected shape \(16,\)\)"):
+    message = r"missing key 'encoder.final_layer_norm.weight' \(expected shape \(16,\)\)"
+    with pytest.raises(CheckpointError, match=message):
         MotionPolicy.from_motiongpt(tmp_path / "ckpt.tar", flan_dir, codebook_size=K)
 
 
@@ -100,18 +102,21 @@ def test_motiongpt_bad_files_are_refused(flan_dir, tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere.tar"):
         MotionPolicy.from_motiongpt(tmp_path / "nowhere.tar", flan_dir, codebook_size=K)
     torch.save({"state_dict": {"vae.w": torch.zeros(1)}}, tmp_path / "no_lm.tar")
-    with pytest.raises(ValueError, match=r"no 'lm\.language_model\.\*' keys"):
+    with pytest.raises(CheckpointError, match=r"no 'lm\.language_model\.\*' keys"):
         MotionPolicy.from_motiongpt(tmp_path / "no_lm.tar", flan_dir, codebook_size=K)
     torch.save({"state_dict": {"lm.language_model.shared.weight": torch.zeros(1)}}, tmp_path / "no_vae.tar")
-    with pytest.raises(ValueError, match=r"no 'vae\.\*' keys"):
+    with pytest.raises(CheckpointError, match=r"no 'vae\.\*' keys"):
         MotionPolicy.from_motiongpt(tmp_path / "no_vae.tar", flan_dir, codebook_size=K)
     torch.save({"weights": {}}, tmp_path / "layout.tar")
-    with pytest.raises(ValueError, match="'state_dict'"):
+    with pytest.raises(CheckpointError, match="'state_dict'"):
         MotionPolicy.from_motiongpt(tmp_path / "layout.tar", flan_dir, codebook_size=K)
     # An arbitrary pickled object is refused by weights_only=True, never executed.
     torch.save({"state_dict": {}, "hparams": PolicyExample("x", ("y",), (1,))}, tmp_path / "pickled.tar")
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="weights_only=True"):
         MotionPolicy.from_motiongpt(tmp_path / "pickled.tar", flan_dir, codebook_size=K)
+    (tmp_path / "empty.tar").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.tar: cannot be read with torch\.load\(weights_only=True\)"):
+        MotionPolicy.from_motiongpt(tmp_path / "empty.tar", flan_dir, codebook_size=K)
     with pytest.raises(FileNotFoundError, match="flan-t5 directory"):
         MotionPolicy.from_motiongpt(tmp_path / "pickled.tar", tmp_path / "nope", codebook_size=K)
 

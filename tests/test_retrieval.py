@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from motionpref.models.checkpoint import CheckpointError
 from motionpref.models.retrieval import (
     RetrievalConfig,
     RetrievalModel,
@@ -270,7 +271,11 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
     meta = json.loads((target / "config.json").read_text())
     meta["n_layer"] = meta.pop("n_layers")
     (target / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"config\.json: missing keys \['n_layers'\], unknown keys \['n_layer'\]"):
+    with pytest.raises(CheckpointError, match=r"retrieval: config\.json lacks field 'n_layers' \(an old folder\?"):
+        RetrievalModel.load(target)
+    meta["n_layers"] = 2
+    (target / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"config\.json: invalid parameters\n  n_layer: unknown key"):
         RetrievalModel.load(target)
     (target / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from motionpref.config import ConfigError, section_from_file
+from motionpref.models.checkpoint import CheckpointError
 from motionpref.models.vqvae import (
     MotionVQVAE,
     QuantizeEMAReset,
@@ -159,6 +162,14 @@ def test_save_load_roundtrip_and_bad_weights(tmp_path):
         MotionVQVAE.load(tmp_path / "vq")
     with pytest.raises(FileNotFoundError, match="config.json"):
         MotionVQVAE.load(tmp_path / "nothing")
+
+
+def test_a_bad_saved_config_is_a_checkpoint_error(tmp_path):
+    MotionVQVAE(TINY).save(tmp_path / "vq")
+    config = json.loads((tmp_path / "vq" / "config.json").read_text())
+    (tmp_path / "vq" / "config.json").write_text(json.dumps({**config, "activation": "tanh"}))
+    with pytest.raises(CheckpointError, match=r"vq/config\.json: invalid parameters\n  activation:"):
+        MotionVQVAE.load(tmp_path / "vq")
 
 
 def test_tokenize_crops_the_tail_to_a_multiple_of_4():

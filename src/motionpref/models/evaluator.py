@@ -13,7 +13,6 @@ learnable table over the training captions' lemmas for a model trained here.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from collections.abc import Sequence
@@ -22,18 +21,29 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from motionpref.config import EvaluatorConfig, section_from_file
-from motionpref.io import atomic_dir
-from motionpref.models.checkpoint import check_state_dict
+from motionpref.config import EvaluatorConfig
+from motionpref.models.checkpoint import (
+    CheckpointError,
+    FolderLayout,
+    check_state_dict,
+    load_npy,
+    load_weights,
+    read_json,
+    read_section,
+    save_weights,
+    write_metadata,
+)
 from motionpref.motion.text import Caption, pos_index
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 WEIGHTS_FILE = "model.safetensors"
+FOLDER = FolderLayout(
+    kind="evaluator", metadata=CONFIG_FILE, fields=tuple(EvaluatorConfig.model_fields), files=(VOCAB_FILE,)
+)
 SOS, EOS, UNK = "sos", "eos", "unk"
 N_CONTACTS = 4  # the feature vector ends with 4 foot-contact labels, which the movement encoder ignores
 # Where the published evaluator lives under its checkpoints folder (text-to-motion, T2M-GPT, MotionGPT).
@@ -193,38 +203,46 @@ def load_plain_pickle(path: str | os.PathLike) -> Any:
         try:
             return _PlainDataUnpickler(f).load()
         except (pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise ValueError(f"{path}: not a plain-data pickle ({err})") from None
+            raise CheckpointError(f"{path}: not a plain-data pickle ({err})") from None
 
 
-def load_glove(glove_dir: str | os.PathLike, prefix: str = "our_vab") -> tuple[dict[str, int], np.ndarray]:
-    """(word -> row, vectors (V, 300)) of the T2M word vectorizer files ``<prefix>_data.npy``,
+def _is_row(value: Any) -> bool:
+    # bool is an int subclass, and a vocabulary entry True would silently read row 1
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def load_glove(
+    glove_dir: str | os.PathLike, prefix: str = "our_vab", dim: int = 300
+) -> tuple[dict[str, int], np.ndarray]:
+    """(word -> row, vectors (V, dim)) of the T2M word vectorizer files ``<prefix>_data.npy``,
     ``<prefix>_words.pkl`` (list of words) and ``<prefix>_idx.pkl`` (word -> row of the data)."""
     glove_dir = Path(glove_dir)
     paths = {k: glove_dir / f"{prefix}_{k}" for k in ("data.npy", "words.pkl", "idx.pkl")}
     for path in paths.values():
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing GloVe file (the T2M evaluator's glove/ folder)")
-    try:
-        vectors = np.load(paths["data.npy"], allow_pickle=False)
-    except ValueError as err:
-        raise ValueError(f"{paths['data.npy']}: not a plain .npy array ({err})") from None
+    vectors = load_npy(paths["data.npy"])
     words = load_plain_pickle(paths["words.pkl"])
     word2idx = load_plain_pickle(paths["idx.pkl"])
-    if vectors.ndim != 2:
-        raise ValueError(f"{paths['data.npy']}: expected (V, dim) word vectors, got shape {vectors.shape}")
+    # np.issubdtype(bool, np.floating) is False, so booleans, integers, strings and objects all fail here.
+    if not np.issubdtype(vectors.dtype, np.floating) or vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise CheckpointError(
+            f"{paths['data.npy']}: expected float word vectors of shape (V, {dim}), got {vectors.dtype} "
+            f"of shape {vectors.shape}"
+        )
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-        raise ValueError(f"{paths['words.pkl']}: expected a list of str")
+        raise CheckpointError(f"{paths['words.pkl']}: expected a list of str")
     if not isinstance(word2idx, dict):
-        raise ValueError(f"{paths['idx.pkl']}: expected a dict word -> row")
+        raise CheckpointError(f"{paths['idx.pkl']}: expected a dict word -> row")
     vocab: dict[str, int] = {}
     for w in words:
         row = word2idx.get(w)
-        if not isinstance(row, int) or not 0 <= row < len(vectors):
-            raise ValueError(f"{paths['idx.pkl']}: word {w!r} maps to {row!r}, not a row of {paths['data.npy']}")
+        if not _is_row(row) or not 0 <= row < len(vectors):
+            raise CheckpointError(f"{paths['idx.pkl']}: word {w!r} maps to {row!r}, not a row of {paths['data.npy']}")
         vocab[w] = row
     missing = [w for w in (SOS, EOS, UNK) if w not in vocab]
     if missing:
-        raise ValueError(f"{paths['words.pkl']}: the vocabulary lacks the special word(s) {missing}")
+        raise CheckpointError(f"{paths['words.pkl']}: the vocabulary lacks the special word(s) {missing}")
     return vocab, vectors.astype(np.float32)
 
 
@@ -370,32 +388,31 @@ class Evaluator(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> None:
         """``config.json``, ``vocab.json`` and ``model.safetensors`` (encoders, word table, mean/std)."""
-        with atomic_dir(directory) as tmp:
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2) + "\n", encoding="utf-8")
-            (tmp / VOCAB_FILE).write_text(json.dumps(self.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+
+        def write(tmp: Path) -> None:
+            write_metadata(tmp / VOCAB_FILE, self.vocab, indent=None, ensure_ascii=False)
+            save_weights(self, tmp / WEIGHTS_FILE)
+
+        FOLDER.save(directory, self.config.model_dump(), write)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Evaluator:
         directory = Path(directory)
-        data = {}
-        for name in (CONFIG_FILE, VOCAB_FILE):
-            path = directory / name
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing (expected an evaluator saved by Evaluator.save)")
-            try:
-                data[name] = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: not valid JSON ({err})") from None
-        vocab = data[VOCAB_FILE]
-        if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
-            raise ValueError(f"{directory / VOCAB_FILE}: expected a JSON object word -> row")
+        config = read_section(EvaluatorConfig, FOLDER.read(directory), directory / CONFIG_FILE)
+        vocab = read_json(directory / VOCAB_FILE)
+        if not isinstance(vocab, dict) or not all(_is_row(v) and v >= 0 for v in vocab.values()):
+            raise CheckpointError(f"{directory / VOCAB_FILE}: expected a JSON object word -> row")
         weights = directory / WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: missing (expected an evaluator saved by Evaluator.save)")
-        state = load_file(str(weights))
+        state = load_weights(weights)
         rows = state["word_emb.weight"].shape[0] if "word_emb.weight" in state else None
-        model = cls(section_from_file(EvaluatorConfig, data[CONFIG_FILE], str(directory / CONFIG_FILE)), vocab, rows)
+        if rows is not None and vocab and max(vocab.values()) >= rows:
+            raise CheckpointError(
+                f"{directory / VOCAB_FILE}: a word maps to row {max(vocab.values())}, {weights} has {rows} word rows"
+            )
+        try:
+            model = cls(config, vocab, rows)
+        except ValueError as err:  # a vocabulary without sos/eos/unk
+            raise CheckpointError(f"{directory / VOCAB_FILE}: {err}") from None
         check_state_dict(model, state, where=str(weights))
         model.load_state_dict(state)
         return model.eval()
@@ -418,36 +435,29 @@ class Evaluator(nn.Module):
         for path in (ckpt_path, meta / "mean.npy", meta / "std.npy"):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: missing (published T2M evaluator layout)")
-        vocab, vectors = load_glove(glove_dir)
         config = EvaluatorConfig.t2m(T2M_LAYOUT[dataset]["feature_dim"])
-        if vectors.shape[1] != config.dim_word:
-            raise ValueError(f"{glove_dir}: word vectors have {vectors.shape[1]} dims, expected {config.dim_word}")
+        vocab, vectors = load_glove(glove_dir, dim=config.dim_word)
         model = cls(config, vocab, n_word_rows=len(vectors))
         try:
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for corrupt or non-weights files
-            raise ValueError(f"{ckpt_path}: cannot be read as a weights-only torch checkpoint ({err})") from None
+            raise CheckpointError(f"{ckpt_path}: cannot be read as a weights-only torch checkpoint ({err})") from None
         if not isinstance(ckpt, dict):
-            raise ValueError(f"{ckpt_path}: expected a dict checkpoint, got {type(ckpt).__name__}")
+            raise CheckpointError(f"{ckpt_path}: expected a dict checkpoint, got {type(ckpt).__name__}")
         for key in ("text_encoder", "movement_encoder", "motion_encoder"):
             if key not in ckpt:
-                raise ValueError(f"{ckpt_path}: missing key {key!r} (found {sorted(ckpt)})")
+                raise CheckpointError(f"{ckpt_path}: missing key {key!r} (found {sorted(ckpt)})")
             state = ckpt[key]
             if not isinstance(state, dict):
-                raise ValueError(f"{ckpt_path}: {key!r} is a {type(state).__name__}, expected a state dict")
+                raise CheckpointError(f"{ckpt_path}: {key!r} is a {type(state).__name__}, expected a state dict")
             module = getattr(model, key)
             check_state_dict(module, state, where=f"{ckpt_path} [{key}]")
             module.load_state_dict(state)
         with torch.no_grad():
             model.word_emb.weight.copy_(torch.from_numpy(vectors))
-        stats = []
-        for name in ("mean.npy", "std.npy"):
-            try:
-                stats.append(np.load(meta / name, allow_pickle=False))
-            except ValueError as err:
-                raise ValueError(f"{meta / name}: not a plain .npy array ({err})") from None
+        stats = [load_npy(meta / name) for name in ("mean.npy", "std.npy")]
         try:
             model.set_stats(*stats)
         except ValueError as err:
-            raise ValueError(f"{meta}: {err}") from None
+            raise CheckpointError(f"{meta}: {err}") from None
         return model.eval()

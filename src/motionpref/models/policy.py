@@ -11,9 +11,8 @@ separator.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,13 @@ from transformers import (
 )
 
 from motionpref.config import PolicyConfig
-from motionpref.io import atomic_dir
-from motionpref.models.checkpoint import check_state_dict
+from motionpref.models.checkpoint import (
+    CheckpointError,
+    FolderLayout,
+    check_state_dict,
+    load_pretrained,
+    pretrained_writer,
+)
 from motionpref.models.tokenizer import add_motion_tokens, build_word_tokenizer, motion_token
 
 ARCHS = ("t5", "causal")
@@ -68,6 +72,10 @@ T2M_TEMPLATES: tuple[str, ...] = (
 )
 METADATA_FILE = "motionpref_policy.json"
 METADATA_FORMAT = "motionpref.policy/1"
+# default_template is optional: folders from before it existed used DEFAULT_TEMPLATE.
+FOLDER = FolderLayout.pretrained(
+    "motionpref policy", METADATA_FILE, METADATA_FORMAT, ("arch", "codebook_size", "motion_offset", "templates")
+)
 MOTIONGPT_LM_PREFIX = "lm.language_model."
 MOTIONGPT_VAE_PREFIX = "vae."
 # MotionGPT decodes t2m with max_length=128 (decoder start included).
@@ -283,16 +291,16 @@ class MotionPolicy:
             raise FileNotFoundError(f"{t5_dir}: flan-t5 directory (config.json + tokenizer files) not found")
         config = AutoConfig.from_pretrained(t5_dir)
         if config.model_type != "t5":
-            raise ValueError(f"{t5_dir / 'config.json'}: model_type must be 't5', got {config.model_type!r}")
+            raise CheckpointError(f"{t5_dir / 'config.json'}: model_type must be 't5', got {config.model_type!r}")
         tokenizer = AutoTokenizer.from_pretrained(t5_dir)
         add_motion_tokens(tokenizer, codebook_size)
         state = load_motiongpt_state(checkpoint)
         lm_state = _strip_prefix(state, MOTIONGPT_LM_PREFIX)
         vae_state = _strip_prefix(state, MOTIONGPT_VAE_PREFIX)
         if not lm_state:
-            raise ValueError(f"{checkpoint}: state_dict has no '{MOTIONGPT_LM_PREFIX}*' keys (T5 weights)")
+            raise CheckpointError(f"{checkpoint}: state_dict has no '{MOTIONGPT_LM_PREFIX}*' keys (T5 weights)")
         if not vae_state:
-            raise ValueError(f"{checkpoint}: state_dict has no '{MOTIONGPT_VAE_PREFIX}*' keys (VQ-VAE weights)")
+            raise CheckpointError(f"{checkpoint}: state_dict has no '{MOTIONGPT_VAE_PREFIX}*' keys (VQ-VAE weights)")
         model = T5ForConditionalGeneration(config)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         check_state_dict(model, lm_state, where=f"{checkpoint} (keys under '{MOTIONGPT_LM_PREFIX}')")
@@ -310,28 +318,14 @@ class MotionPolicy:
             "templates": list(self.templates),
             "default_template": self.default_template,
         }
-        with atomic_dir(directory) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        FOLDER.save(directory, metadata, pretrained_writer(self.model, self.tokenizer))
 
     @classmethod
     def load(cls, directory: str | Path) -> MotionPolicy:
         directory = Path(directory)
-        meta_path = directory / METADATA_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not found; {directory} is not a saved motionpref policy")
-        meta = json.loads(meta_path.read_text())
-        missing = [k for k in ("format", "arch", "codebook_size", "motion_offset", "templates") if k not in meta]
-        if missing:
-            raise ValueError(f"{meta_path}: missing keys {missing}")
-        if meta["format"] != METADATA_FORMAT:
-            raise ValueError(f"{meta_path}: format {meta['format']!r}, expected {METADATA_FORMAT!r}")
-        if meta["arch"] not in ARCHS:
-            raise ValueError(f"{meta_path}: arch must be one of {ARCHS}, got {meta['arch']!r}")
-        model_cls: Any = T5ForConditionalGeneration if meta["arch"] == "t5" else AutoModelForCausalLM
-        model = model_cls.from_pretrained(directory)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        meta, model, tokenizer = load_motion_lm(
+            directory, FOLDER, {"t5": T5ForConditionalGeneration, "causal": AutoModelForCausalLM}
+        )
         policy = cls(
             model,
             tokenizer,
@@ -340,11 +334,7 @@ class MotionPolicy:
             meta["templates"],
             meta.get("default_template", DEFAULT_TEMPLATE),
         )
-        if policy.motion_offset != meta["motion_offset"]:
-            raise ValueError(
-                f"{meta_path}: motion_offset {meta['motion_offset']} but the tokenizer puts <motion_id_0> at "
-                f"{policy.motion_offset}"
-            )
+        check_motion_offset(directory / METADATA_FILE, meta, policy.motion_offset)
         return policy
 
     # ---------------------------------------------------------------------------------------------- text
@@ -533,6 +523,26 @@ class MotionPolicy:
         )
 
 
+def load_motion_lm(
+    directory: Path, layout: FolderLayout, model_classes: Mapping[str, Any]
+) -> tuple[dict[str, Any], PreTrainedModel, PreTrainedTokenizerBase]:
+    """Metadata, model and tokenizer of a folder written by a policy or a reward model; the metadata's ``arch``
+    picks the model class."""
+    meta = layout.read(directory)
+    if meta["arch"] not in ARCHS:
+        raise CheckpointError(f"{directory / layout.metadata}: arch must be one of {ARCHS}, got {meta['arch']!r}")
+    model, tokenizer = load_pretrained(directory, model_classes[meta["arch"]], AutoTokenizer)
+    return meta, model, tokenizer
+
+
+def check_motion_offset(meta_path: Path, meta: Mapping[str, Any], found: int) -> None:
+    """The tokenizer must put the motion tokens where they were when the model was trained."""
+    if found != meta["motion_offset"]:
+        raise CheckpointError(
+            f"{meta_path}: motion_offset {meta['motion_offset']} but the tokenizer puts <motion_id_0> at {found}"
+        )
+
+
 def _strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -544,15 +554,15 @@ def load_motiongpt_state(checkpoint: Path) -> dict[str, Tensor]:
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError or RuntimeError depending on what it refused
-        raise ValueError(
+        raise CheckpointError(
             f"{checkpoint}: cannot be read with torch.load(weights_only=True) ({exc}). A Lightning "
             "checkpoint that pickles its config must first be reduced, once and only if you trust it, to "
             "{'state_dict': ckpt['state_dict']} with torch.save"
         ) from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
-        raise ValueError(f"{checkpoint}: expected a dict with a 'state_dict' dict of tensors")
+        raise CheckpointError(f"{checkpoint}: expected a dict with a 'state_dict' dict of tensors")
     state = payload["state_dict"]
     bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
     if bad:
-        raise ValueError(f"{checkpoint}: state_dict entry {bad[0]!r} is not a tensor")
+        raise CheckpointError(f"{checkpoint}: state_dict entry {bad[0]!r} is not a tensor")
     return state

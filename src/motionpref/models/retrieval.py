@@ -18,7 +18,6 @@ other, so finetuning never optimises the metric it is judged by.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -27,17 +26,30 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import Tensor, nn
 
-from motionpref.config import RetrievalConfig, section_from_file
-from motionpref.io import atomic_dir
+from motionpref.config import RetrievalConfig
+from motionpref.models.checkpoint import (
+    CheckpointError,
+    FolderLayout,
+    check_state_dict,
+    load_weights,
+    read_section,
+    save_weights,
+)
 
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 FORMAT_NAME = "motionpref-retrieval"
+FOLDER = FolderLayout(
+    kind="retrieval model",
+    metadata=CONFIG_FILE,
+    fields=("motion_dim", *RetrievalConfig.model_fields),
+    files=(TOKENIZER_FILE,),
+    format=FORMAT_NAME,
+)
 # Lower-case words (with an optional 's / 't suffix) and numbers; punctuation is dropped.
 WORD_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?"
 
@@ -288,42 +300,31 @@ class RetrievalModel(nn.Module):
 
         Files go to a temporary sibling directory that replaces ``directory`` only once complete.
         """
-        with atomic_dir(directory) as tmp:
-            meta = {"format": FORMAT_NAME, "motion_dim": self.motion_dim, **self.config.model_dump()}
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+        def write(tmp: Path) -> None:
             self.tokenizer.save(str(tmp / TOKENIZER_FILE))
-            state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+            save_weights(self, tmp / WEIGHTS_FILE, metadata={"format": FORMAT_NAME})
+
+        meta = {"format": FORMAT_NAME, "motion_dim": self.motion_dim, **self.config.model_dump()}
+        FOLDER.save(directory, meta, write)
 
     @classmethod
     def load(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> RetrievalModel:
         """Read a directory written by ``save`` (safetensors only; nothing is unpickled)."""
         directory = Path(directory)
-        for name in (CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name}: missing; not a retrieval model directory")
-        config_path = directory / CONFIG_FILE
-        try:
-            meta = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_path}: not valid JSON ({err})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            raise ValueError(f'{config_path}: expected a JSON object with "format": "{FORMAT_NAME}"')
-        expected = set(RetrievalConfig.model_fields) | {"format", "motion_dim"}
-        if set(meta) != expected:
-            missing, unknown = sorted(expected - set(meta)), sorted(set(meta) - expected)
-            raise ValueError(f"{config_path}: missing keys {missing}, unknown keys {unknown}")
-        config = section_from_file(
-            RetrievalConfig, {k: meta[k] for k in RetrievalConfig.model_fields}, str(config_path)
-        )
-        state = load_file(str(directory / WEIGHTS_FILE))
+        meta = FOLDER.read(directory)
+        sizes = {k: v for k, v in meta.items() if k not in ("format", "motion_dim")}
+        config = read_section(RetrievalConfig, sizes, directory / CONFIG_FILE)
+        weights = directory / WEIGHTS_FILE
+        state = load_weights(weights)
         for name in ("motion_mean", "motion_std"):
             if name not in state or state[name].shape != (meta["motion_dim"],):
-                raise ValueError(f"{directory / WEIGHTS_FILE}: no {name} of shape ({meta['motion_dim']},)")
-        tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
-        model = cls(config, tokenizer, state["motion_mean"].numpy(), state["motion_std"].numpy())
+                raise CheckpointError(f"{weights}: no {name} of shape ({meta['motion_dim']},)")
         try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"{directory / WEIGHTS_FILE}: weights do not match {config_path}: {err}") from None
+            tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        except Exception as err:  # the tokenizers library raises a bare Exception for a file it cannot parse
+            raise CheckpointError(f"{directory / TOKENIZER_FILE}: not a readable tokenizer ({err})") from None
+        model = cls(config, tokenizer, state["motion_mean"].numpy(), state["motion_std"].numpy())
+        check_state_dict(model, state, where=str(weights))
+        model.load_state_dict(state)
         return model.to(device).eval()

@@ -11,28 +11,35 @@ default template, the one the preference pairs were sampled with).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import (
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     LlamaForSequenceClassification,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     T5ForSequenceClassification,
 )
 
-from motionpref.io import atomic_dir
-from motionpref.models.checkpoint import check_state_dict
-from motionpref.models.policy import ARCHS, DEFAULT_TEMPLATE, MotionPolicy
+from motionpref.models.checkpoint import (
+    CheckpointError,
+    FolderLayout,
+    check_state_dict,
+    pretrained_writer,
+)
+from motionpref.models.policy import ARCHS, DEFAULT_TEMPLATE, MotionPolicy, check_motion_offset, load_motion_lm
 
 METADATA_FILE = "motionpref_reward.json"
 METADATA_FORMAT = "motionpref.reward/1"
+FOLDER = FolderLayout.pretrained(
+    "motionpref reward model",
+    METADATA_FILE,
+    METADATA_FORMAT,
+    ("arch", "codebook_size", "motion_offset", "default_template"),
+)
 MODEL_CLASSES: dict[str, type[PreTrainedModel]] = {
     "t5": T5ForSequenceClassification,
     "causal": LlamaForSequenceClassification,
@@ -116,49 +123,23 @@ class RewardModel:
             "motion_offset": self.motion_offset,
             "default_template": self.default_template,
         }
-        with atomic_dir(directory) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        FOLDER.save(directory, metadata, pretrained_writer(self.model, self.tokenizer))
 
     @classmethod
     def load(cls, directory: str | Path) -> RewardModel:
         directory = Path(directory)
-        meta_path = directory / METADATA_FILE
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: not found; {directory} is not a saved motionpref reward model")
-        try:
-            meta: Any = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{meta_path}: not valid JSON ({exc})") from exc
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path}: expected a JSON object")
-        missing = [k for k in ("format", "arch", "codebook_size", "motion_offset", "default_template") if k not in meta]
-        if missing:
-            raise ValueError(f"{meta_path}: missing keys {missing}")
-        if meta["format"] != METADATA_FORMAT:
-            raise ValueError(f"{meta_path}: format {meta['format']!r}, expected {METADATA_FORMAT!r}")
-        if meta["arch"] not in ARCHS:
-            raise ValueError(f"{meta_path}: arch must be one of {ARCHS}, got {meta['arch']!r}")
-        for name in ("config.json", "tokenizer.json"):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name}: not found; the reward model directory is incomplete")
-        if not any((directory / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json")):
-            raise FileNotFoundError(f"{directory / 'model.safetensors'}: not found; no reward model weights")
-        model = AutoModelForSequenceClassification.from_pretrained(directory)
+        # The Auto class reads the architecture from config.json, so a folder whose metadata says otherwise
+        # is caught below rather than loaded into the wrong head.
+        auto = AutoModelForSequenceClassification
+        meta, model, tokenizer = load_motion_lm(directory, FOLDER, {"t5": auto, "causal": auto})
         if not isinstance(model, MODEL_CLASSES[meta["arch"]]):
-            raise ValueError(
-                f"{directory / 'config.json'}: loads as {type(model).__name__}, but {meta_path} says arch "
-                f"{meta['arch']!r} ({MODEL_CLASSES[meta['arch']].__name__})"
+            raise CheckpointError(
+                f"{directory / 'config.json'}: loads as {type(model).__name__}, but {directory / METADATA_FILE} "
+                f"says arch {meta['arch']!r} ({MODEL_CLASSES[meta['arch']].__name__})"
             )
         model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(directory)
         reward = cls(model, tokenizer, meta["codebook_size"], meta["arch"], meta["default_template"])
-        if reward.motion_offset != meta["motion_offset"]:
-            raise ValueError(
-                f"{meta_path}: motion_offset {meta['motion_offset']} but the tokenizer puts <motion_id_0> at "
-                f"{reward.motion_offset}"
-            )
+        check_motion_offset(directory / METADATA_FILE, meta, reward.motion_offset)
         return reward
 
     # ---------------------------------------------------------------------------------------------- input

@@ -9,22 +9,20 @@ names follow MotionGPT's ``mGPT/archs/mgpt_vq.py`` (``encoder.model.*``, ``decod
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from motionpref.config import VQVAEConfig, section_from_file
-from motionpref.io import atomic_dir
-from motionpref.models.checkpoint import check_state_dict
+from motionpref.config import VQVAEConfig
+from motionpref.models.checkpoint import FolderLayout, check_state_dict, load_weights, read_section, save_weights
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+FOLDER = FolderLayout(kind="VQ-VAE", metadata=CONFIG_FILE, fields=tuple(VQVAEConfig.model_fields))
 ACTIVATIONS = ("relu", "silu", "gelu")
 
 
@@ -230,22 +228,13 @@ class MotionVQVAE(nn.Module):
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` (replaced as a whole)."""
-        with atomic_dir(directory) as tmp:
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.model_dump(), indent=2) + "\n", encoding="utf-8")
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_FILE))
+        FOLDER.save(directory, self.config.model_dump(), lambda tmp: save_weights(self, tmp / WEIGHTS_FILE))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MotionVQVAE:
         directory = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name}: missing (expected a VQ-VAE saved by MotionVQVAE.save)")
-        try:
-            config_data = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{directory / CONFIG_FILE}: not valid JSON ({err})") from None
-        model = cls(section_from_file(VQVAEConfig, config_data, str(directory / CONFIG_FILE)))
-        state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
+        model = cls(read_section(VQVAEConfig, FOLDER.read(directory), directory / CONFIG_FILE))
+        state = load_weights(directory / WEIGHTS_FILE, map_location)
         check_state_dict(model, state, where=str(directory / WEIGHTS_FILE))
         model.load_state_dict(state)
         return model.eval()

@@ -8,16 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from motionpref.config import AIFeedbackConfig, PolicyConfig, SimulatedLabelersConfig, VQVAEConfig, parse_params
+from motionpref.config import LabelsConfig, PolicyConfig, VQVAEConfig, parse_params
 from motionpref.evaluate.winrate import (
-    Perception,
-    RetrievalFeedback,
-    SimulatedLabelers,
     flat_metrics,
     held_out_prompts,
     markdown,
     prompt_seeds,
-    simulated_judgment,
     train_prompt_ids,
     verdict,
     wilson_interval,
@@ -29,6 +25,7 @@ from motionpref.models.policy import MotionPolicy
 from motionpref.models.vqvae import MotionVQVAE
 from motionpref.motion.skeleton import HUMANML3D
 from motionpref.pipeline import StageContext
+from motionpref.prefs.judges import Perception, make_judge
 from motionpref.prefs.prompts import write_prompts
 
 K = 16
@@ -58,8 +55,8 @@ def test_wilson_interval_matches_hand_computation() -> None:
 # ---- prompts ----------------------------------------------------------------------------------------------
 
 
-def prompt_table(n: int, programs: Sequence[str | None] | None = None) -> pd.DataFrame:
-    programs = programs or [WALK if i % 2 else CLAP for i in range(n)]
+def prompt_table(n: int) -> pd.DataFrame:
+    programs = [WALK if i % 2 else CLAP for i in range(n)]
     return pd.DataFrame(
         {
             "prompt_id": [f"p{i:03d}" for i in range(n)],
@@ -114,48 +111,6 @@ def test_verdicts() -> None:
     assert verdict("b", "much_better", identical=True) == "identical"
 
 
-def test_simulated_judgment_follows_the_labelers_noise_model() -> None:
-    config = SimulatedLabelersConfig(noise=0.0)
-    good, poor, fake = Perception(1.0, 1.0, True), Perception(1e-3, 1.0, True), Perception(1.0, 0.1, True)
-    rng = np.random.default_rng(0)
-    # perceived 1.0 vs 1 + log10(1e-3) / 4 = 0.25 (below fail_below): a gap of 0.75
-    assert simulated_judgment(good, poor, config, rng) == ("a", "much_better")
-    assert simulated_judgment(poor, good, config, rng) == ("b", "much_better")
-    assert simulated_judgment(poor, Perception(0.0, 0.0, False), config, rng) == ("skip", None)
-    assert simulated_judgment(fake, poor, config, rng) == ("skip", None)  # unrealistic fails whatever it scores
-    # an invalid sample fails even with a perfect score and no realism threshold
-    lenient = SimulatedLabelersConfig(noise=0.0, fail_below=0.0, realism_min=0.0)
-    assert simulated_judgment(Perception(1.0, 1.0, False), Perception(0.0, 1.0, False), lenient, rng) == ("skip", None)
-    # with noise, a pair of equal scores goes either way
-    noisy = SimulatedLabelersConfig(noise=0.2)
-    choices = {simulated_judgment(good, good, noisy, rng)[0] for _ in range(50)}
-    assert choices == {"a", "b"}
-
-
-class ConstantScorer:
-    """A retrieval scorer whose score of a motion is its first value."""
-
-    def __init__(self) -> None:
-        self.asked: list[list[str]] = []
-
-    def score(self, texts: Sequence[str], motions: Sequence[np.ndarray]) -> np.ndarray:
-        self.asked.append(list(texts))
-        return np.array([float(m[0, 0]) for m in motions])
-
-
-def test_retrieval_feedback_scores_valid_motions_and_fails_invalid_ones() -> None:
-    scorer = ConstantScorer()
-    feedback = RetrievalFeedback(scorer, ["t0", "t1", "t2"], AIFeedbackConfig())  # type: ignore[arg-type]
-    seen = feedback.perceive([np.full((4, 3), 0.9), None, np.full((4, 3), 0.3)])
-    assert scorer.asked == [["t0", "t2"]]  # an invalid sample is not scored
-    assert seen == [Perception(0.9, 1.0, True), Perception(0.0, 0.0, False), Perception(0.3, 1.0, True)]
-    rng = np.random.default_rng(0)
-    assert feedback.judgment(seen[0], seen[2], rng) == ("a", "much_better")  # gap 0.6 >= 0.1
-    assert feedback.judgment(seen[1], seen[2], rng) == ("skip", None)  # invalid, and 0.3 below fail_below 0.5
-    with pytest.raises(ValueError, match="2 motions for 3 prompts"):
-        feedback.perceive([None, None])
-
-
 class ScriptedSampler:
     """Codes per (caption, temperature); features carry the code as a constant, None for an empty code list."""
 
@@ -168,7 +123,7 @@ class ScriptedSampler:
         self.calls.append((list(captions), list(seeds), temperature))
         codes = [self.codes[c, temperature] for c in captions]
         features = [np.full((8, 3), c[0], np.float32) if c else None for c in codes]
-        return Generation(features, codes, list(seeds), [1 if c else 3 for c in codes])
+        return Generation(features, codes, list(seeds), [1 if c else 3 for c in codes], [bool(c) for c in codes])
 
 
 class FakeJudge:
@@ -239,7 +194,7 @@ def generator(policy: MotionPolicy, vqvae: MotionVQVAE) -> MotionGenerator:
 
 def test_tiny_models_end_to_end_and_a_copy_ties_everywhere(vqvae: MotionVQVAE, tmp_path: Path) -> None:
     prompts = prompt_table(4)
-    judge = SimulatedLabelers.for_prompts(prompts, SimulatedLabelersConfig(), HUMANML3D, "prompts")
+    judge = make_judge(LabelsConfig(), prompts, HUMANML3D, lambda: pytest.fail("no scorer"), "prompts")
     sft = generator(tiny_policy(0), vqvae)
     models = {"other": generator(tiny_policy(1), vqvae), "copy": generator(tiny_policy(0), vqvae)}
     study = winrate_study(sft, models, prompts, [1.0, 2.0], judge, seed=0)
@@ -269,14 +224,6 @@ def test_tiny_models_end_to_end_and_a_copy_ties_everywhere(vqvae: MotionVQVAE, t
     with pytest.raises(KeyError):
         write_reports(broken, *paths)
     assert [p.read_bytes() for p in paths] == before
-
-
-def test_prompts_without_programs_need_another_judge() -> None:
-    prompts = prompt_table(3, [WALK, None, None])
-    with pytest.raises(
-        ValueError, match=r"prompts.parquet: prompt 'p001' \(and 1 more\) has no program.*labels.labeler"
-    ):
-        SimulatedLabelers.for_prompts(prompts, SimulatedLabelersConfig(), HUMANML3D, "prompts.parquet")
 
 
 # ---- the stage --------------------------------------------------------------------------------------------

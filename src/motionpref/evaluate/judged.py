@@ -14,7 +14,7 @@ import numpy as np
 from motionpref.evaluate.metrics import confidence_interval
 from motionpref.motion.features import recover_joints
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
-from motionpref.prefs.simulate import perceived_quality
+from motionpref.prefs.judges import perceived_quality
 from motionpref.progress import track
 from motionpref.synth.judge import judge, realism
 from motionpref.synth.programs import Program

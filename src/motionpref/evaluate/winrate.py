@@ -2,8 +2,8 @@
 paper (its Figure 3): held-out preference prompts, one motion per prompt from each model with the same seed,
 several temperatures, and a labeler judging every pair as win, tie or loss for the finetuned model.
 
-In the embedded world the labelers are the simulated ones of :mod:`motionpref.prefs.simulate` (the synthetic
-judge seen through each labeler's noise); on real data the retrieval scorer can judge instead (AI feedback).
+The judge is the label stage's (:mod:`motionpref.prefs.judges`): in the embedded world the simulated labelers
+(the synthetic judge seen through each labeler's noise); on real data the retrieval scorer (AI feedback).
 """
 
 from __future__ import annotations
@@ -15,27 +15,21 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from motionpref.config import AIFeedbackConfig, SimulatedLabelersConfig
 from motionpref.evaluate.metrics import confidence_interval
 from motionpref.io import text_writer, write_all
-from motionpref.motion.features import recover_joints
-from motionpref.motion.skeleton import HUMANML3D, Skeleton
+from motionpref.prefs.judges import PairJudge, Perception
 from motionpref.prefs.labels import Choice, Degree
-from motionpref.prefs.simulate import decide, labeler_judgment
 from motionpref.progress import track
-from motionpref.synth.judge import judge, realism
-from motionpref.synth.programs import Program
 
-if TYPE_CHECKING:  # torch and transformers come with these; the report helpers do not need them
+if TYPE_CHECKING:  # torch and transformers come with the generator; the report helpers do not need them
     from motionpref.models.generator import Generation
-    from motionpref.models.retrieval import RetrievalModel
 
 Outcome = Literal["win", "tie", "loss"]
 # why a pair ended as it did: the labeler saw the same motion twice, skipped (both failed), or saw no real gap
@@ -107,105 +101,7 @@ def prompt_seeds(seed: int, prompt_ids: Sequence[str]) -> list[int]:
     return [int.from_bytes(hashlib.sha256(f"{seed}:{pid}".encode()).digest()[:4], "little") >> 1 for pid in prompt_ids]
 
 
-# ---- judging ----------------------------------------------------------------------------------------------
-
-
-class Perception(NamedTuple):
-    """What a labeler has to go on about one motion."""
-
-    score: float  # the synthetic judge's score, or the retrieval score under AI feedback; 0 for an invalid sample
-    realism: float  # the synthetic judge's realism; 1 under AI feedback, which does not rate it
-    valid: bool  # False when the model produced no motion after its retries: such a sample fails
-
-
-class PairJudge(Protocol):
-    name: str
-
-    def perceive(self, features: Sequence[np.ndarray | None]) -> list[Perception]:
-        """One perception per studied prompt, in order, of the motions one model sampled for them."""
-        ...
-
-    def judgment(self, a: Perception, b: Perception, rng: np.random.Generator) -> tuple[Choice, Degree | None]: ...
-
-
-INVALID = Perception(0.0, 0.0, False)
-
-
-def simulated_judgment(
-    a: Perception, b: Perception, config: SimulatedLabelersConfig, rng: np.random.Generator
-) -> tuple[Choice, Degree | None]:
-    """One simulated labeler's judgment of a pair (``prefs.simulate.labeler_judgment``); an invalid motion
-    always fails."""
-    return labeler_judgment((a.score, b.score), (a.realism, b.realism), config, rng, (not a.valid, not b.valid))
-
-
-class SimulatedLabelers:
-    """The simulated labelers: the synthetic judge scores each motion against its prompt's program."""
-
-    name = "simulated"
-
-    def __init__(
-        self, programs: Sequence[Program], config: SimulatedLabelersConfig, skeleton: Skeleton = HUMANML3D
-    ) -> None:
-        self.programs = list(programs)
-        self.config = config
-        self.skeleton = skeleton
-
-    @classmethod
-    def for_prompts(
-        cls, prompts: pd.DataFrame, config: SimulatedLabelersConfig, skeleton: Skeleton, where: str
-    ) -> SimulatedLabelers:
-        """Labelers for a prompt table; prompts without a program (real data) are a clear error."""
-        missing = prompts.loc[prompts["program"].isna(), "prompt_id"]
-        if len(missing):
-            raise ValueError(
-                f"{where}: prompt {missing.iloc[0]!r} (and {len(missing) - 1} more) has no program, so the simulated "
-                "labelers cannot judge its motions (they need synthetic prompts); set labels.labeler: ai to let "
-                "the retrieval scorer judge, or have people judge the motions in the labeling app"
-            )
-        return cls([Program.from_json(p) for p in prompts["program"]], config, skeleton)
-
-    def perceive(self, features: Sequence[np.ndarray | None]) -> list[Perception]:
-        if len(features) != len(self.programs):
-            raise ValueError(f"{len(features)} motions for {len(self.programs)} prompts")
-        out = []
-        for program, f in zip(self.programs, features, strict=True):
-            if f is None:
-                out.append(INVALID)
-                continue
-            joints = recover_joints(np.asarray(f, np.float32), self.skeleton)
-            out.append(Perception(judge(program, joints), realism(joints), True))
-        return out
-
-    def judgment(self, a: Perception, b: Perception, rng: np.random.Generator) -> tuple[Choice, Degree | None]:
-        return simulated_judgment(a, b, self.config, rng)
-
-
-class RetrievalFeedback:
-    """AI feedback (MoDiPO-style): the retrieval scorer's text-motion score decides, as ``labels.labeler: ai``
-    does for the preference pairs; works without programs, so on real data too."""
-
-    name = "ai"
-
-    def __init__(self, scorer: RetrievalModel, texts: Sequence[str], config: AIFeedbackConfig) -> None:
-        self.scorer = scorer
-        self.texts = list(texts)
-        self.config = config
-
-    def perceive(self, features: Sequence[np.ndarray | None]) -> list[Perception]:
-        if len(features) != len(self.texts):
-            raise ValueError(f"{len(features)} motions for {len(self.texts)} prompts")
-        valid = [i for i, f in enumerate(features) if f is not None]
-        out = [INVALID] * len(features)
-        if valid:
-            scores = self.scorer.score([self.texts[i] for i in valid], [features[i] for i in valid])
-            for i, s in zip(valid, scores, strict=True):
-                out[i] = Perception(float(s), 1.0, True)
-        return out
-
-    def judgment(self, a: Perception, b: Perception, rng: np.random.Generator) -> tuple[Choice, Degree | None]:
-        fail = self.config.fail_below
-        return decide(a.score, b.score, not a.valid or a.score < fail, not b.valid or b.score < fail, self.config.gaps)
+# ---- verdicts ---------------------------------------------------------------------------------------------
 
 
 def verdict(choice: Choice, degree: Degree | None, identical: bool) -> Verdict:

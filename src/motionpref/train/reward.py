@@ -24,10 +24,9 @@ from trl import RewardConfig, RewardTrainer
 
 from motionpref.config import RewardTrainConfig
 from motionpref.models.reward import RewardModel
-from motionpref.prefs.labels import DEGREES
 from motionpref.progress import interactive
 from motionpref.train.losses import bradley_terry_loss
-from motionpref.train.preference import PreferencePair
+from motionpref.train.preference import DEGREES, PreferencePair
 
 LogMetric = Callable[[str, float, int], None]
 # trl's running training statistics forwarded to MLflow every logging step, as reward/step_<name>

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -24,15 +25,6 @@ def test_help_lists_every_stage_and_tool() -> None:
         assert name.replace("_", "-") in result.output
 
 
-def test_every_stage_has_a_script_and_a_dvc_stage() -> None:
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in STAGES:
-        script = ROOT / "stages" / f"{name}.py"
-        assert script.is_file(), script
-        assert f'app(["{name.replace("_", "-")}"' in script.read_text()
-        assert name in stages and f"stages/{name}.py" in str(stages[name])
-
-
 def test_check_params_reports_the_bad_key(tmp_path: Path) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["vqvae"]["train"]["lr"] = -1
@@ -44,6 +36,32 @@ def test_check_params_reports_the_bad_key(tmp_path: Path) -> None:
     # a stage refuses to start on the same file, before any work
     result = runner.invoke(app, ["train-vqvae", "--params", str(bad)])
     assert result.exit_code == 2 and "vqvae.train.lr" in result.output
+
+
+def test_an_unreadable_params_file_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    binary = tmp_path / "params.yaml"
+    binary.write_bytes(b"seed: 0\nexperiment: \xff\xfe\n")
+    folder = tmp_path / "params"
+    folder.mkdir()
+    for path, message in [
+        (binary, "not UTF-8 text (byte 0xff at offset 20); expected a YAML parameters file"),
+        (folder, "is a directory; expected a YAML parameters file"),
+    ]:
+        for command in (["check-params"], ["train-vqvae"]):
+            result = runner.invoke(app, [*command, "--params", str(path)])
+            assert result.exit_code == 2 and f"{path}: {message}" in result.output, result.output
+
+
+def test_a_bad_checkpoint_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from motionpref.models.checkpoint import CheckpointError
+
+    def corrupt(name: str, params: Path, item: str | None = None) -> None:
+        raise CheckpointError("data/models/policy_sft/model.safetensors: not a safetensors file")
+
+    monkeypatch.setattr("motionpref.cli.run_stage", corrupt)
+    result = runner.invoke(app, ["evaluate", "sft"])
+    assert result.exit_code == 2, result.output
+    assert "evaluate@sft: data/models/policy_sft/model.safetensors: not a safetensors file" in result.output
 
 
 def test_render_the_cmu_walk(tmp_path: Path) -> None:

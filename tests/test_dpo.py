@@ -13,10 +13,16 @@ from safetensors.torch import load_file
 from motionpref.config import DPOConfig, LoraConfig, parse_params
 from motionpref.models.policy import MotionPolicy
 from motionpref.pipeline import StageContext
-from motionpref.train.dpo import evaluate_pairs, logprob_reduction, pair_accuracy, reference_logprobs, train_dpo
+from motionpref.train import dpo
+from motionpref.train.dpo import evaluate_pairs, logprob_reduction, pair_accuracy, reference_logprobs
 from motionpref.train.preference import PreferencePair, Reference
-from tests.policies import ARCHS, CAPTIONS, Recorder
+from tests.policies import ARCHS, CAPTIONS, Recorder, job
 from tests.policies import tiny_policy as tiny_policy_without_dropout
+
+
+def train_dpo(policy, train, val, cfg, beta, lora, seed, out_dir, log_metric=None) -> dict[str, float]:  # noqa: ANN001
+    return dpo.run(job(Path(out_dir), lora, seed, beta, log_metric), cfg, dpo.DPOData(policy, train, val))
+
 
 DEGREES = ["much_better", "better", "slightly_better", "negligible"]
 GOOD, BAD = 3, 7  # chosen answers repeat GOOD, rejected ones BAD
@@ -218,7 +224,7 @@ def test_evaluate_pairs_is_batch_independent_and_restores_training_mode() -> Non
 
 
 def test_train_dpo_needs_both_splits(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"train_dpo needs training and validation pairs \(got 16 and 0\)"):
+    with pytest.raises(ValueError, match=r"dpo needs training and validation pairs \(got 16 and 0\)"):
         train_dpo(tiny_policy(), TRAIN, [], config(), BETA, LORA, 0, tmp_path)
     assert not any(tmp_path.iterdir())
 

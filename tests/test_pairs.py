@@ -27,7 +27,8 @@ class FakeGenerator:
     def generate(self, captions, seeds, temperature=None) -> Generation:
         self.temperatures.append(temperature)
         feats = [None if s in self.bad else np.full((8 + s % 5, 3), s % 1000, np.float32) for s in seeds]
-        return Generation(feats, [[s % 7] for s in seeds], list(seeds), [1] * len(seeds))
+        valid = [f is not None for f in feats]
+        return Generation(feats, [[s % 7] for s in seeds], list(seeds), [1] * len(seeds), valid)
 
 
 def prompts(n: int) -> pd.DataFrame:

@@ -24,7 +24,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["profile"] = "smoke"
     params["data"]["cmu_dir"] = str(CMU_DIR)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    (root / "dvc.yaml").write_text("stages: {}\n")  # marks the project root
+    (root / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())  # the project root, and each stage's params
     return root
 
 
@@ -36,7 +36,10 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     algorithms = ["dpo", "rlhf", "sopo"]
     plan: list[tuple[str, str | None]] = [
-        *[(name, None) for name in list(STAGES)[:5]],
+        *[
+            (name, None)
+            for name in ("prepare_data", "train_vqvae", "train_evaluator", "train_retrieval", "train_policy")
+        ],
         ("evaluate", "gt"),
         ("evaluate", "sft"),
         *[(name, None) for name in ("generate_prompts", "sample_pairs", "label", "ingest_labels", "train_reward")],
@@ -115,7 +118,7 @@ def test_a_real_folder_is_validated_and_linked(tmp_path: Path, monkeypatch: pyte
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(source="humanml3d", root=str(real))
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     metrics = run_stage("prepare_data", project / "params.yaml")

@@ -14,9 +14,10 @@ from transformers import (
     T5ForSequenceClassification,
 )
 
-from motionpref.config import LoraConfig, PPOConfig
+from motionpref.config import LoraConfig, PPOConfig, SamplingConfig
 from motionpref.models.policy import MotionPolicy
 from motionpref.train.ppo import (
+    PPOData,
     RunningMoments,
     ValueModel,
     answer_layout,
@@ -29,10 +30,10 @@ from motionpref.train.ppo import (
     neftune,
     scale_scores,
     token_stats,
-    train_ppo,
 )
+from motionpref.train.ppo import run as ppo_run
 from motionpref.train.preference import disable_dropout
-from tests.policies import ARCHS, CAPTIONS, K
+from tests.policies import ARCHS, CAPTIONS, K, job, tiny_generator
 from tests.policies import tiny_policy as tiny_policy_without_dropout
 
 TARGET_CODE = 3
@@ -71,9 +72,18 @@ def fast_config(**overrides: object) -> PPOConfig:
         "mini_batch_size": 8,
         "ppo_epochs": 4,
         "lr": 2e-3,
-        "max_new_tokens": 48,
+        "sampling": SamplingConfig(max_new_tokens=overrides.pop("max_new_tokens", 48), retries=0),
     }
     return PPOConfig(**{**values, **overrides})
+
+
+def train_ppo(policy, reward_fn, value_init, captions, config, lora, seed, log_metric=None, out_dir=None) -> dict:  # noqa: ANN001
+    """PPO as the stage runs it; the policy is saved to ``out_dir`` (a scratch folder when not asked)."""
+    import tempfile
+
+    data = PPOData(tiny_generator(policy, config.sampling), reward_fn, value_init, captions)
+    with tempfile.TemporaryDirectory() as scratch:
+        return ppo_run(job(Path(out_dir or scratch), lora, seed, log=log_metric), config, data)
 
 
 def mean_reward(policy: MotionPolicy, n: int = 64) -> float:

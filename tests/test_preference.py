@@ -319,3 +319,24 @@ def test_pair_logprobs_equal_separate_scoring(arch: str) -> None:
         assert pw.shape == pl.shape == (3,) and pw.requires_grad
         torch.testing.assert_close(pw.detach(), logprobs(policy, chosen, reduction), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(pl.detach(), logprobs(policy, rejected, reduction), atol=1e-5, rtol=1e-5)
+
+
+def test_finish_loads_the_kept_epoch_and_refuses_a_renamed_key(tmp_path: Path) -> None:
+    from tests.policies import job
+
+    policy = tiny_policy("t5")
+    finetune = job(tmp_path / "out", LoraConfig())
+    finetune.start(policy, lr=1e-3, weight_decay=0.0)
+    kept = trainable_state(policy.model)
+    name = next(iter(kept))
+    with torch.no_grad():
+        dict(policy.model.named_parameters())[name].add_(1.0)  # training moved on after the kept epoch
+    finetune.finish(policy, kept)
+    assert (tmp_path / "out").is_dir()  # saved, with the kept weights merged in
+    again = tiny_policy("t5")
+    finetune = job(tmp_path / "renamed", LoraConfig())
+    finetune.start(again, lr=1e-3, weight_decay=0.0)
+    renamed = {k.replace("lora_A", "lora_a"): v for k, v in trainable_state(again.model).items()}
+    with pytest.raises(ValueError, match="unknown keys"):
+        finetune.finish(again, renamed)
+    assert not (tmp_path / "renamed").exists()

@@ -17,9 +17,15 @@ from motionpref.models.generator import Generation, MotionGenerator
 from motionpref.models.policy import MotionPolicy
 from motionpref.models.retrieval import RetrievalModel, build_tokenizer
 from motionpref.models.vqvae import MotionVQVAE, VQVAEConfig
+from motionpref.train import sopo
 from motionpref.train.policy import PolicyExample, train_policy
-from motionpref.train.sopo import semi_online_pairs, train_sopo
-from tests.policies import CAPTIONS, K, Recorder, tiny_policy
+from motionpref.train.sopo import semi_online_pairs
+from tests.policies import CAPTIONS, K, Recorder, job, tiny_policy
+
+
+def train_sopo(generator, scorer, examples, motions, config, beta, lora, seed, out_dir, log=None) -> dict:  # noqa: ANN001
+    return sopo.run(job(out_dir, lora, seed, beta, log), config, sopo.SoPoData(generator, scorer, examples, motions))
+
 
 D = 7
 EXAMPLES = [PolicyExample(f"clip{i}", (c,), (3 * i % K,) * 3 + (i + 1,)) for i, c in enumerate(CAPTIONS)]
@@ -256,6 +262,6 @@ def test_train_sopo_rejects_bad_inputs(
     generator = MotionGenerator(MotionPolicy.load(sft_dir), vqvae, MEAN, STD)
     with pytest.raises(ValueError, match="4 examples but 3 motions"):
         train_sopo(generator, scorer, EXAMPLES, MOTIONS[:3], SoPoConfig(), BETA, LORA, 0, tmp_path / "x")
-    with pytest.raises(ValueError, match="train_sopo: no training examples"):
+    with pytest.raises(ValueError, match="sopo: no training examples"):
         train_sopo(generator, scorer, [], [], SoPoConfig(), BETA, LORA, 0, tmp_path / "x")
     assert not (tmp_path / "x").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -19,20 +19,21 @@ app = typer.Typer(
 ParamsOption = Annotated[Path, typer.Option("--params", help="parameters file")]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.secho(message, err=True, fg=typer.colors.RED)
     raise typer.Exit(code=2)
 
 
 def _run(name: str, params: Path, item: str | None = None) -> None:
     """Run a stage; input problems a user can fix end in their message and exit code 2, not a traceback."""
+    from motionpref.models.checkpoint import CheckpointError
     from motionpref.motion.dataset import DatasetError
     from motionpref.prefs.labels import LabelError
     from motionpref.synth.programs import ProgramError
 
     try:
         run_stage(name, params, item=item)
-    except (ConfigError, DatasetError, LabelError, ProgramError, FileNotFoundError) as e:
+    except (CheckpointError, ConfigError, DatasetError, LabelError, ProgramError, FileNotFoundError) as e:
         _fail(f"{name}{'@' + item if item else ''}: {e}")
 
 
@@ -58,7 +59,7 @@ for _name in STAGES:
 
 @app.command("check-params")
 def check_params(params: ParamsOption = Path("params.yaml")) -> None:
-    """Validate params.yaml (with its profile applied) and print the resolved values."""
+    """Validate params.yaml and every profile in it, and print the values the selected profile resolves to."""
     import yaml
 
     try:
@@ -115,7 +116,7 @@ def label_app(
     except ConfigError as e:
         _fail(str(e))
     cfg = resolved.app
-    from motionpref.pipeline import PREFS
+    from motionpref.pipeline import artifacts
     from motionpref.prefs.app import label_app_main
 
     # the pairs and label folder that ingest_labels reads, so what a human labels is what gets ingested
@@ -125,7 +126,7 @@ def label_app(
         host or cfg.host,
         port or cfg.port,
         users,
-        previews_dir=Path(PREFS) / "app_previews",
+        previews_dir=Path(artifacts.APP_PREVIEWS),
         shuffle_seed=cfg.shuffle_seed,
         preview_size=cfg.preview_size,
     )

@@ -1,8 +1,16 @@
 """Typed view of ``params.yaml``, parsed and validated once by the stage or command that runs.
 
 ``params.yaml`` holds the base values (the CPU demo) plus a ``profiles`` table of overrides; the top-level
-``profile`` key picks one (``dvc exp run -S profile=smoke`` makes every stage tiny). Overrides are merged into
-the base before validation, so an error always names the full key path a user can fix.
+``profile`` key picks one (``dvc exp run -S profile=smoke`` makes every stage tiny). Every profile is merged into
+the base and validated, selected or not, so an error always names the full key path a user can fix
+(``profiles.smoke.data.n_clips`` for a profile's).
+
+Defaults have one source: every field's default is the value the committed ``params.yaml`` gives it, so a key or
+a whole section left out of a params file (or of a mapping a test builds) means what the committed file says,
+and tests/test_config.py checks that leaving out any key, or all of them, parses to the committed values.
+Requiring every section in a file instead would break each partial mapping the stage tests build and still leave
+the class defaults a second, differing source for code that builds sections directly. The papers' sizes live in
+the ``paper`` profile and in ``VQVAEConfig.real()`` / ``EvaluatorConfig.t2m()``.
 """
 
 from __future__ import annotations
@@ -10,11 +18,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -22,7 +31,22 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # YAML reads .inf and .nan as floats, which pass a lower bound (inf) or an unbounded field; no setting means either
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _onto_default_sections(cls, data: Any) -> Any:
+        # A section given in part is merged onto its field's default, as a profile onto the base, so that
+        # pairs: {sampling: {top_k: 5}} keeps the pairs' temperature 1.2 instead of SamplingConfig's 1.0.
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            default = field.default
+            if isinstance(default, Section) and default.model_fields_set and isinstance(data.get(name), dict):
+                merged[name] = _deep_merge(default.model_dump(include=default.model_fields_set), data[name])
+        return merged
 
 
 S = TypeVar("S", bound=Section)
@@ -167,15 +191,16 @@ class EvaluatorTrainConfig(Section):
 
 
 class EvalSizes(Section):
-    """Sizes of the Guo et al. 2022 protocol; the defaults are the paper's."""
+    """Sizes of the Guo et al. 2022 protocol. The defaults are the CPU demo's; the paper's (profile paper) are 20
+    replications and MultiModality over 100 texts x 30 samples x 10 pairs."""
 
-    replications: int = Field(20, ge=1)
+    replications: int = Field(10, ge=1)
     r_precision_batch: int = Field(32, ge=2)
     top_k: int = Field(3, ge=1)
     diversity_times: int = Field(300, ge=1)
-    mm_num_samples: int = Field(100, ge=0)  # texts with repeated generations; 0 skips MultiModality
-    mm_num_repeats: int = Field(30, ge=2)
-    mm_times: int = Field(10, ge=1)
+    mm_num_samples: int = Field(50, ge=0)  # texts with repeated generations; 0 skips MultiModality
+    mm_num_repeats: int = Field(10, ge=2)
+    mm_times: int = Field(5, ge=1)
     unit_length: int = Field(4, ge=1)
     embed_batch: int = Field(32, ge=1)
     generate_batch: int = Field(256, ge=1)  # captions handed to the model's sampler at once
@@ -214,7 +239,7 @@ class PolicyTrainConfig(Section):
     """Supervised text-to-motion training. AdamW betas are MotionGPT's (0.9, 0.99); the lr is above its 2e-4
     because the CPU default trains a tiny model from scratch, not flan-t5."""
 
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -263,7 +288,7 @@ def section_from_file(cls: type[S], data: Any, where: str) -> S:
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, where, None)) from None
+        raise ConfigError(_format_errors(e, where)) from None
 
 
 # ---- the stages' sections --------------------------------------------------------------------------------
@@ -308,6 +333,9 @@ class PolicySection(Section):
 
 
 class SamplingConfig(Section):
+    """How a policy samples motions: the one shape every sampler takes (evaluation, pairs, win rates, the online
+    samples of SoPo and PPO), always through ``models.generator.MotionGenerator``."""
+
     temperature: float = Field(1.0, gt=0)
     top_k: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -324,6 +352,31 @@ class EvaluateSection(Section):
 
 
 DegreeName = Literal["much_better", "better", "slightly_better", "negligible"]
+GapName = Literal["much_better", "better", "slightly_better"]  # below the smallest gap a pair is "negligible"
+
+
+def _strongest_first(degrees: tuple[str, ...]) -> AfterValidator:
+    """Checks a degree -> value table has every degree and a stronger degree never a smaller value."""
+
+    def check(values: dict[str, float]) -> dict[str, float]:
+        missing = [d for d in degrees if d not in values]
+        if missing:
+            raise ValueError(f"needs a value for {missing}")
+        for stronger, weaker in pairwise(degrees):
+            if values[stronger] < values[weaker]:
+                raise ValueError(f"{stronger} ({values[stronger]:g}) must be at least {weaker} ({values[weaker]:g})")
+        return values
+
+    return AfterValidator(check)
+
+
+Gaps = Annotated[
+    dict[GapName, Annotated[float, Field(ge=0)]], _strongest_first(("much_better", "better", "slightly_better"))
+]
+Margins = Annotated[
+    dict[DegreeName, Annotated[float, Field(ge=0)]],
+    _strongest_first(("much_better", "better", "slightly_better", "negligible")),
+]
 
 
 class LLMEndpoint(Section):
@@ -343,7 +396,10 @@ class LLMEndpoint(Section):
 
 
 class PromptsConfig(Section):
-    counts: dict[Literal["synthetic", "familiar", "recombine", "llm"], int] = {"synthetic": 3000}  # backend -> prompts
+    # backend -> prompts; 0 leaves a backend out, so an ablation can switch one off without deleting its key
+    counts: dict[Literal["synthetic", "familiar", "recombine", "llm"], Annotated[int, Field(ge=0)]] = {
+        "synthetic": 3000
+    }
     near_threshold: float = Field(0.9, gt=0, le=1)  # TF-IDF cosine at which a prompt near-duplicates a caption
     max_candidates_factor: float = Field(4.0, ge=1)
     reference_splits: list[str] = ["train", "val", "test"]
@@ -351,10 +407,22 @@ class PromptsConfig(Section):
     min_count: int = Field(2, ge=1)  # recombine: how often a slot filler must occur in the captions
     llm: LLMEndpoint | None = None  # set base_url and model to use the llm backend
 
+    @field_validator("counts")
+    @classmethod
+    def _some_prompts(cls, counts: dict[str, int]) -> dict[str, int]:
+        if not sum(counts.values()):
+            raise ValueError(f"asks for no prompts ({counts}); give a backend a count of 1 or more")
+        return counts
+
+    @model_validator(mode="after")
+    def _llm_endpoint(self) -> PromptsConfig:
+        if self.counts.get("llm") and self.llm is None:
+            raise ValueError(f"llm: counts.llm asks for {self.counts['llm']} prompts; set llm's base_url and model")
+        return self
+
 
 class PairsConfig(Section):
-    temperature: float = Field(1.2, gt=0)  # the paper samples both motions at 1.2
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: SamplingConfig = SamplingConfig(temperature=1.2)  # the paper samples both motions at 1.2
     previews: int = Field(8, ge=0)  # side-by-side GIFs rendered now; the labeling app renders the rest on demand
 
 
@@ -367,14 +435,14 @@ class SimulatedLabelersConfig(Section):
     fail_below: float = Field(0.33, ge=0, le=1)  # a motion perceived below this fails the prompt
     realism_min: float = Field(0.5, ge=0, le=1)  # a motion less realistic than this fails whatever it does
     # the smallest perceived quality gap for each degree; smaller gaps are "negligible"
-    gaps: dict[DegreeName, float] = {"much_better": 0.35, "better": 0.17, "slightly_better": 0.035}
+    gaps: Gaps = {"much_better": 0.35, "better": 0.17, "slightly_better": 0.035}
 
 
 class AIFeedbackConfig(Section):
     """The retrieval scorer ranking the two motions (MoDiPO-style AI feedback; works on real data)."""
 
     fail_below: float = Field(0.5, ge=0, le=1)  # both scores below: skip
-    gaps: dict[DegreeName, float] = {"much_better": 0.1, "better": 0.05, "slightly_better": 0.02}
+    gaps: Gaps = {"much_better": 0.1, "better": 0.05, "slightly_better": 0.02}
 
 
 class LabelsConfig(Section):
@@ -389,22 +457,15 @@ class IngestConfig(Section):
     rule: Literal["last_wins", "majority", "drop_conflicts"] = "last_wins"
     val_fraction: float = Field(0.1, gt=0, lt=1)
     on_error: Literal["fail", "quarantine"] = "fail"
-    margins: dict[DegreeName, float] = {"much_better": 3, "better": 2, "slightly_better": 1, "negligible": 0}
-
-    @model_validator(mode="after")
-    def _all_margins(self) -> IngestConfig:
-        missing = {"much_better", "better", "slightly_better", "negligible"} - set(self.margins)
-        if missing:
-            raise ValueError(f"margins needs a value for {sorted(missing)}")
-        return self
+    margins: Margins = {"much_better": 3, "better": 2, "slightly_better": 1, "negligible": 0}
 
 
 class RewardTrainConfig(Section):
     """Bradley-Terry reward modelling with trl's RewardTrainer (the paper: margin by degree, 10% held out)."""
 
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     use_margin: bool = True  # subtract the degree's margin inside the sigmoid (Llama 2's margin loss)
@@ -440,7 +501,7 @@ class DPOConfig(Section):
     loss: Literal["sigmoid", "ipo", "hinge", "kto"] = "ipo"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # conservative DPO (sigmoid only)
     sft_weight: float = Field(0.0, ge=0)  # RPO: weight of the chosen answers' NLL added to the loss; 0 = off
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(3, ge=1)  # the paper's 20 (profile paper) overfit the tiny CPU policy
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -456,12 +517,13 @@ class SoPoConfig(Section):
 
     variant: Literal["dsopo", "usopo", "sopo_no_vu", "sopo"] = "sopo"
     k: int = Field(4, ge=1)  # online samples per caption
-    tau: float = Field(0.45, ge=0, le=1)  # an unpreferred sample must score below this to be "valuable"
+    # an unpreferred sample must score below this to be "valuable"; the paper's 0.45 (profile paper) is TMR's scale
+    tau: float = Field(0.85, ge=0, le=1)
+    beta: float = Field(0.1, gt=0)  # SoPo's own beta, not the DPO family's algo.beta
     c: float = Field(2.0, gt=0)  # beta_w = beta * (c - S(x_w))
-    temperature: float = Field(1.0, gt=0)  # of the online samples
-    max_new_tokens: int = Field(64, ge=3)
-    epochs: int = Field(2, ge=1)
-    captions_per_epoch: int | None = Field(None, ge=1)  # a seeded subset of the training clips per epoch
+    sampling: SamplingConfig = SamplingConfig()  # of the online samples
+    epochs: int = Field(1, ge=1)
+    captions_per_epoch: int | None = Field(1600, ge=1)  # a seeded subset of the training clips per epoch
     batch_size: int = Field(32, ge=1)  # captions per step (K samples each)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -469,13 +531,14 @@ class SoPoConfig(Section):
 
 
 class PPOConfig(Section):
-    """RLHF with PPO against the reward model, as the paper ran it (trl 0.x PPOTrainer's recipe)."""
+    """RLHF with PPO against the reward model, as the paper ran it (trl 0.x PPOTrainer's recipe), but for the
+    CPU demo's fewer steps and larger lr (a tiny LoRA policy; profile paper: lr 1e-5)."""
 
-    steps: int = Field(100, ge=1)  # PPO iterations (one rollout batch each)
+    steps: int = Field(60, ge=1)  # PPO iterations (one rollout batch each)
     batch_size: int = Field(32, ge=1)  # prompts per rollout
     mini_batch_size: int = Field(8, ge=1)
     ppo_epochs: int = Field(4, ge=1)
-    lr: float = Field(1e-5, gt=0)
+    lr: float = Field(5e-4, gt=0)
     kl_coef: float = Field(0.05, ge=0)  # fixed per-token KL penalty to the reference
     whiten_rewards: bool = True
     score_scale: float = Field(1.0, gt=0)
@@ -487,15 +550,26 @@ class PPOConfig(Section):
     lam: float = Field(0.95, ge=0, le=1)
     neftune_alpha: float | None = Field(0.1, gt=0)  # NEFTune embedding noise; null turns it off
     value_head_std: float = Field(0.2, gt=0)  # value head init N(0, std), bias 0
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(64, ge=3)
+    # PPO does not resample an invalid rollout (it is dropped and counted), as the paper's trl recipe
+    sampling: SamplingConfig = SamplingConfig(retries=0)
     grad_clip: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sampled_distribution(self) -> PPOConfig:
+        # the importance ratios and the KL are computed under temperature and the motion grammar only
+        s = self.sampling
+        for key, bad in (("top_k", s.top_k is not None), ("top_p", s.top_p is not None)):
+            if bad:
+                raise ValueError(f"sampling.{key}: PPO's log-probabilities assume no {key} truncation; set it null")
+        if not s.constrained:
+            raise ValueError("sampling.constrained: PPO samples under the motion grammar; set it true")
+        return self
 
 
 class AlgoSection(Section):
     """The preference-finetuning algorithms (``finetune@dpo``, ``finetune@rlhf``, ``finetune@sopo``)."""
 
-    beta: float = Field(0.1, gt=0)  # DPO family and SoPo
+    beta: float = Field(0.1, gt=0)  # the DPO family's (SoPo has algo.sopo.beta)
     seed: int = Field(0, ge=0)  # the finetuning replicate: reseeds finetuning, its evaluation and win rates
     lora: LoraConfig = LoraConfig()
     dpo: DPOConfig = DPOConfig()
@@ -506,9 +580,23 @@ class AlgoSection(Section):
 class WinrateConfig(Section):
     """Supervised vs finetuned samples on held-out preference prompts, judged by the simulated labelers."""
 
-    temperatures: list[float] = [1.0, 1.2, 1.5, 2.0]
-    prompts: int = Field(300, ge=1)  # held-out prompts per temperature
-    sampling: SamplingConfig = SamplingConfig()  # temperature is taken from ``temperatures``
+    temperatures: list[Annotated[float, Field(gt=0)]] = Field([1.0, 1.2, 1.5, 2.0], min_length=1)  # a cell each
+    prompts: int = Field(1000, ge=1)  # held-out prompts per temperature
+    sampling: SamplingConfig = SamplingConfig()  # its temperature comes from ``temperatures``
+
+    @field_validator("temperatures")
+    @classmethod
+    def _distinct(cls, temperatures: list[float]) -> list[float]:
+        repeated = sorted({t for t in temperatures if temperatures.count(t) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} listed more than once; each temperature is one cell of the report")
+        return temperatures
+
+    @model_validator(mode="after")
+    def _temperature_from_list(self) -> WinrateConfig:
+        if "temperature" in self.sampling.model_fields_set:
+            raise ValueError("sampling.temperature: set by winrate.temperatures (one cell each); remove it")
+        return self
 
 
 class ReportConfig(Section):
@@ -566,50 +654,79 @@ class Params(Section):
         return {n: dumped[n] for n in names}
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any], path: str) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value, f"{path}.{key}")
+            out[key] = _deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _format_errors(err: ValidationError, source: str, profile: str | None) -> str:
-    lines = [f"{source}: invalid parameters" + (f" (profile {profile!r} applied)" if profile else "")]
+def _error_lines(err: ValidationError, prefix: str) -> list[str]:
+    lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top>"
+        key = prefix + (".".join(str(p) for p in e["loc"]) or "<top>")
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
         else:
             lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    return lines
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    return "\n".join([f"{source}: invalid parameters", *_error_lines(err, "")])
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
-    """Validate a params mapping, applying the selected profile's overrides first."""
+    """Validate a params mapping and return it with the selected profile's overrides applied. Every other profile
+    is validated too, so that a broken one fails now rather than when someone selects it."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    profile = raw.get("profile", "cpu")
-    profiles = raw.get("profiles") or {}
-    if not isinstance(profiles, dict):
-        raise ConfigError(f"{source}: profiles: expected a mapping of profile name to overrides")
-    merged = raw
-    if profile in profiles:
-        override = profiles[profile]
-        if not isinstance(override, dict):
-            raise ConfigError(f"{source}: profiles.{profile}: expected a mapping of overrides")
-        if "profile" in override or "profiles" in override:
-            raise ConfigError(f"{source}: profiles.{profile}: a profile cannot set 'profile' or 'profiles'")
-        merged = _deep_merge(raw, override, f"profiles.{profile}")
-    elif profile != "cpu":
-        known = ", ".join(["cpu", *profiles]) or "cpu"
-        raise ConfigError(f"{source}: profile: unknown profile {profile!r}; expected one of {known}")
     try:
-        return Params.model_validate(merged)
+        base = Params.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source, profile if profile in profiles else None)) from None
+        raise ConfigError(_format_errors(e, source)) from None
+    if base.profile != "cpu" and base.profile not in base.profiles:
+        known = ", ".join(["cpu", *base.profiles])
+        raise ConfigError(f"{source}: profile: unknown profile {base.profile!r}; expected one of {known}")
+    resolved, problems = {"cpu": base}, []
+    for name, override in base.profiles.items():
+        if "profile" in override or "profiles" in override:
+            problems.append(f"  profiles.{name}: a profile cannot set 'profile' or 'profiles'")
+            continue
+        try:
+            resolved[name] = Params.model_validate(_deep_merge(raw, override))
+        except ValidationError as e:
+            problems += _error_lines(e, f"profiles.{name}.")
+    if problems:
+        raise ConfigError("\n".join([f"{source}: invalid parameters", *problems]))
+    return resolved[base.profile]
+
+
+def _refuse_duplicate_keys(node: yaml.Node, path: str) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{path}.{i}")
+    elif isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            name = f"{path}.{key.value}" if path else str(key.value)
+            line = key.start_mark.line + 1
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in first_line:
+                    raise yaml.YAMLError(f"{name}: key given twice, on lines {first_line[key.value]} and {line}")
+                first_line[key.value] = line
+            _refuse_duplicate_keys(value, name)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader refusing a key given twice in one mapping: YAML forbids it, PyYAML silently keeps the last."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _refuse_duplicate_keys(node, "")
+        return super().construct_document(node)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -618,8 +735,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: parameters file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory; expected a YAML parameters file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "expected a YAML parameters file"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the parameters file ({e.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return parse_params(raw or {}, str(path))

@@ -20,20 +20,22 @@ RETRY_SEED_STRIDE = 1_000_003  # a retry's seed: far from the seeds a caller han
 
 @dataclass
 class Generation:
-    """One motion per caption; ``features[i]`` is None when every attempt was invalid."""
+    """One motion per caption. ``valid[i]`` is False when every attempt was invalid; ``features[i]`` is None
+    then, and also when the generation was asked for codes only (``decode=False``)."""
 
     features: list[np.ndarray | None]
     codes: list[list[int]]
     seeds: list[int]  # the seed that produced each motion (the last one tried, for invalid ones)
     attempts: list[int]  # 1 when the first sample was valid
+    valid: list[bool]
 
     @property
     def n_invalid_first(self) -> int:
-        return sum(a > 1 or f is None for a, f in zip(self.attempts, self.features, strict=True))
+        return sum(a > 1 or not ok for a, ok in zip(self.attempts, self.valid, strict=True))
 
     @property
     def n_invalid(self) -> int:
-        return sum(f is None for f in self.features)
+        return sum(not ok for ok in self.valid)
 
 
 @dataclass
@@ -44,10 +46,14 @@ class MotionGenerator:
     std: np.ndarray
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
-    def generate(self, captions: Sequence[str], seeds: Sequence[int], temperature: float | None = None) -> Generation:
+    def generate(
+        self, captions: Sequence[str], seeds: Sequence[int], temperature: float | None = None, decode: bool = True
+    ) -> Generation:
+        """Sample with ``self.sampling`` (``temperature`` overrides its temperature, for the win-rate cells);
+        ``decode=False`` returns the codes alone (PPO scores tokens, not features)."""
         s = self.sampling
         n = len(captions)
-        out = Generation([None] * n, [[] for _ in range(n)], list(seeds), [0] * n)
+        out = Generation([None] * n, [[] for _ in range(n)], list(seeds), [0] * n, [False] * n)
         todo = list(range(n))
         for attempt in range(s.retries + 1):
             if not todo:
@@ -63,16 +69,18 @@ class MotionGenerator:
                 batch_size=s.batch_size,
                 constrained=s.constrained,
             )
-            decoded = batch.decode(self.vqvae)
+            decoded = batch.decode(self.vqvae) if decode else [None] * len(todo)
             still = []
             for k, i in enumerate(todo):
                 out.attempts[i] = attempt + 1
                 out.seeds[i] = seeds_now[k]
-                if decoded[k] is None:
+                if not batch.valid[k]:
                     still.append(i)
                     continue
-                out.features[i] = decoded[k].numpy() * self.std + self.mean
+                out.valid[i] = True
                 out.codes[i] = batch.codes[k]
+                if decode:
+                    out.features[i] = decoded[k].numpy() * self.std + self.mean
             todo = still
         return out
 

@@ -1,51 +1,55 @@
-"""The DVC stages as library functions: ``stages/<name>.py`` and ``motionpref <name>`` call ``run_stage``.
+"""The DVC stages as library functions, one module each: ``dvc.yaml`` runs ``python -m motionpref.pipeline.<name>``
+and ``motionpref <name>`` runs the same ``run_stage``.
 
-Each stage module exposes ``READS`` (the params sections it depends on, mirrored in dvc.yaml) and
-``run(params, ctx) -> metrics``. ``run_stage`` parses params.yaml once, opens the stage's MLflow run, seeds
-everything and hands the stage a ``StageContext``.
+``dvc.yaml`` is the one record of the wiring: which params each stage reads (``run_stage`` gives a stage a view of
+``params.yaml`` that refuses any other key), which files it depends on and what it writes (tests/test_wiring.py
+checks the deps cover the stage's code and the outs are what ``artifacts`` names). A stage module exposes
+``run(params, ctx) -> metrics`` and, when it runs once per item (``evaluate@sft``), ``ITEM`` naming what the item
+is. ``run_stage`` parses params.yaml once, opens the stage's MLflow run, seeds everything and hands the stage a
+``StageContext``.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import random
+import re
+import sys
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 
-from motionpref.config import DataConfig, Params, load_params
+from motionpref.config import ConfigError, DataConfig, Params, load_params
+from motionpref.pipeline import artifacts
 from motionpref.tracking import StageRun, project_root, stage_run
 
 if TYPE_CHECKING:
     from motionpref.motion.dataset import DatasetSpec
 
-# where the stages read and write, relative to the project root (dvc.yaml says the same)
-DATASET = "data/dataset"
-TOKENS = "data/tokens"
-MODELS = "data/models"
-PREFS = "data/prefs"
-REPORTS = "reports"
+NOT_STAGES = {"artifacts"}
+# read by run_stage for every stage but not listed in dvc.yaml: how a stage runs, not what it computes
+RUNNER_PARAMS = ("experiment", "threads")
 
-# stage name (also its module under motionpref.pipeline) -> one-line help; in the pipeline's order
-STAGES: dict[str, str] = {
-    "prepare_data": "Build data/dataset/ in HumanML3D layout: the synthetic world, or link a real folder.",
-    "train_vqvae": "Train the motion VQ-VAE (or take MotionGPT's) and tokenise the dataset into data/tokens/.",
-    "train_evaluator": "Train the T2M evaluator (Guo et al. 2022) or load the published one.",
-    "train_retrieval": "Train the TMR-style retrieval scorer SoPo and the AI labeler use (never the evaluator).",
-    "train_policy": "Train the MotionGPT-style text-to-motion policy (or load a MotionGPT checkpoint).",
-    "evaluate": "Score a model (gt = the test set itself) with the T2M metrics and the synthetic judge.",
-    "generate_prompts": "Write new prompts unlike the training captions into data/prefs/prompts.parquet.",
-    "sample_pairs": "Sample two motions per prompt from the SFT policy (temperature 1.2) into pairs.parquet.",
-    "label": "Label the pairs with simulated labelers (the synthetic judge) or AI feedback (the retrieval scorer).",
-    "ingest_labels": "Validate and resolve every judgment into data/prefs/preferences.parquet and statistics.",
-    "train_reward": "Train the Bradley-Terry reward model (from the SFT policy) on the labelled pairs.",
-    "finetune": "Preference-finetune the SFT policy: dpo (DPO family), rlhf (PPO) or sopo (semi-online DPO).",
-    "winrate": "Finetuned vs supervised samples on held-out prompts at several temperatures, judged by labelers.",
-    "report": "Compare every evaluated model with the supervised one (paired) and tabulate win rates.",
-}
-ITEM_STAGES = {"evaluate", "finetune", "winrate"}  # stages run once per item (`evaluate@sft`)
+
+def _stage_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_STAGES)
+
+
+def stage_module(name: str) -> Any:
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return importlib.import_module(f"motionpref.pipeline.{name}")
+
+
+def _summary(module: Any) -> str:
+    """The first paragraph of a stage module's docstring, without its ``Stage name:`` lead: the command's help."""
+    first = re.sub(r"^Stage [\w@<>]+: ", "", " ".join((module.__doc__ or "").split("\n\n")[0].split()))
+    return first[:1].upper() + first[1:]
 
 
 @dataclass
@@ -62,10 +66,97 @@ class StageContext:
         from motionpref.motion.skeleton import SKELETONS
 
         return DatasetSpec(
-            self.path(DATASET), SKELETONS[data.skeleton_name], min_len=data.min_len, max_len=data.max_len
+            self.path(artifacts.DATASET), SKELETONS[data.skeleton_name], min_len=data.min_len, max_len=data.max_len
         )
 
 
+# ------------------------------------------------------------------------------------------ dvc.yaml's params
+_INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
+
+
+@cache
+def _dvc_stages(dvc_yaml: Path) -> dict[str, Any]:
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")).get("stages") or {}
+    except (OSError, AttributeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{dvc_yaml}: cannot read the stages: {e}") from None
+    return stages
+
+
+def declared_params(dvc_yaml: Path, name: str, item: str | None = None) -> list[str]:
+    """The params.yaml keys ``dvc.yaml`` lists for stage ``name`` (``name@item`` for a foreach stage).
+
+    Hand-resolved because DVC's own resolver needs a repo object (seconds, and its lock while ``dvc repro`` runs)
+    and only ``${key}``, ``${item}`` and ``${item.field}`` occur in params lists; tests/test_wiring.py checks
+    this against DVC's resolution of every stage."""
+    address = f"{name}@{item}" if item else name
+    stage = _dvc_stages(dvc_yaml).get(name)
+    if stage is None:
+        raise ConfigError(f"{dvc_yaml}: no stage {name!r}")
+    scope: dict[str, Any] = {}
+    if "foreach" in stage:
+        items = stage["foreach"]
+        if item is None or item not in items:
+            raise ConfigError(f"{dvc_yaml}: stage {name!r} has no item {item!r}; items: {', '.join(map(str, items))}")
+        scope = {"key": item, "item": items[item] if isinstance(items, dict) else item}
+        stage = stage["do"]
+
+    def resolve(match: re.Match[str]) -> str:
+        head, _, field = match.group(1).partition(".")
+        value = scope.get(head)
+        if field and isinstance(value, dict):
+            value = value.get(field)
+        if value is None or isinstance(value, dict | list):
+            raise ConfigError(f"{dvc_yaml}: {address}: cannot resolve ${{{match.group(1)}}} in its params")
+        return str(value)
+
+    keys = []
+    for entry in stage.get("params") or []:
+        if not isinstance(entry, str):
+            raise ConfigError(f"{dvc_yaml}: {address}: params entries must be keys of params.yaml, got {entry!r}")
+        keys.append(_INTERPOLATION.sub(resolve, entry))
+    return keys
+
+
+def _covers(declared: list[str], key: str) -> bool:
+    return any(key == d or key.startswith(d + ".") for d in declared)
+
+
+class UndeclaredParamError(ConfigError):
+    """A stage read a params key that dvc.yaml does not list for it (so DVC would not rerun it on a change)."""
+
+
+class DeclaredParams:
+    """A read-only view of ``Params`` through which a stage sees only the keys dvc.yaml lists for it: reading any
+    other raises, so the wiring cannot drift from the code. Fully declared values come back as themselves (the
+    typed config objects the library takes); partly declared sections as views."""
+
+    def __init__(self, value: Any, path: str, declared: list[str], address: str) -> None:
+        self._value, self._path, self._declared, self._address = value, path, declared, address
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._value, name)
+        if name not in type(self._value).model_fields:
+            return value  # a method such as stage_seed, which reads only run_stage's own keys
+        key = f"{self._path}.{name}" if self._path else name
+        if _covers(self._declared, key):
+            return value
+        if any(d.startswith(key + ".") for d in self._declared):
+            return DeclaredParams(value, key, self._declared, self._address)
+        raise UndeclaredParamError(
+            f"stage {self._address} reads params key {key!r}, which dvc.yaml does not list in its params "
+            f"(listed: {', '.join(self._declared)})"
+        )
+
+
+def _value_at(params: Params, key: str) -> Any:
+    value: Any = params
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+# ------------------------------------------------------------------------------------------------- running
 def seed_everything(seed: int, threads: int) -> None:
     import torch
 
@@ -78,12 +169,6 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def stage_module(name: str) -> Any:
-    if name not in STAGES:
-        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    return importlib.import_module(f"motionpref.pipeline.{name}")
-
-
 def run_stage(
     name: str, params_path: str | Path = "params.yaml", item: str | None = None, params: Params | None = None
 ) -> dict[str, Any]:
@@ -92,10 +177,27 @@ def run_stage(
         raise ValueError(f"stage {name!r} " + ("needs an item" if item is None else "takes no item"))
     params = params or load_params(params_path)
     address = f"{name}@{item}" if item else name
-    reads = {"profile": params.profile, "seed": params.seed, **params.section_dict(*module.READS)}
+    root = project_root()
+    declared = declared_params(root / "dvc.yaml", name, item)
+    reads = {key: _value_at(params, key) for key in declared if key != "profiles"}
     seed_everything(params.seed, params.threads)
     with stage_run(address, params.experiment, reads) as run:
-        ctx = StageContext(root=project_root(), run=run, item=item)
-        metrics = module.run(params, ctx)
+        ctx = StageContext(root=root, run=run, item=item)
+        metrics = module.run(DeclaredParams(params, "", [*declared, *RUNNER_PARAMS], address), ctx)
         run.log_metrics(metrics)
     return metrics
+
+
+def main() -> None:
+    """``python -m motionpref.pipeline.<name> [item]``: the stage's command, with the CLI's error handling."""
+    from motionpref.cli import app
+
+    name = sys.modules["__main__"].__spec__.name.rsplit(".", 1)[-1]
+    app([name.replace("_", "-"), *sys.argv[1:]])
+
+
+# last: the stage modules import StageContext from here
+STAGES: dict[str, str] = {
+    name: _summary(importlib.import_module(f"motionpref.pipeline.{name}")) for name in _stage_names()
+}
+ITEM_STAGES = {name for name in STAGES if getattr(stage_module(name), "ITEM", None)}  # run once per item

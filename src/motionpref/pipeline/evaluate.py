@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import DATASET, MODELS, REPORTS, StageContext
+from motionpref.pipeline import StageContext, artifacts
 
-READS = ("data", "evaluate")
+ITEM = "model"
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     cfg = params.evaluate
     spec = ctx.dataset(params.data)
     test = spec.load("test")
-    evaluator = Evaluator.load(ctx.path(MODELS, "evaluator"))
+    evaluator = Evaluator.load(ctx.path(artifacts.EVALUATOR))
     seed = params.stage_seed("evaluate")  # one seed for every model: they see the same captions and crops
     counter: dict[str, int] = {}
     if item == "gt":
@@ -37,13 +37,13 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         from motionpref.models.policy import MotionPolicy
         from motionpref.models.vqvae import MotionVQVAE
 
-        policy_dir = ctx.path(MODELS, f"policy_{item}")
+        policy_dir = ctx.path(artifacts.policy(item))
         if not policy_dir.is_dir():
             raise FileNotFoundError(f"{policy_dir}: no policy for evaluate@{item}")
         mean, std = spec.stats()
         generator = MotionGenerator(
             MotionPolicy.load(policy_dir),
-            MotionVQVAE.load(ctx.path(MODELS, "vqvae")),
+            MotionVQVAE.load(ctx.path(artifacts.VQVAE)),
             mean,
             std,
             cfg.sampling,
@@ -58,7 +58,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         from motionpref.evaluate.judged import JudgedPrompt, judge_samples
         from motionpref.synth.world import read_programs
 
-        programs = read_programs(ctx.path(DATASET))
+        programs = read_programs(ctx.path(artifacts.DATASET))
         rng = np.random.default_rng(seed)
         picked = rng.permutation(len(test))[: cfg.judge_texts]
         prompts = [
@@ -68,5 +68,11 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         ]
         metrics.update(judge_samples(sample_fn, prompts, seed, spec.skeleton))
     report = {"model": item, "metrics": metrics, "replications": result["replications"]}
-    write_json(ctx.path(REPORTS, "metrics", f"{item}.json"), report)
+    write_json(ctx.path(artifacts.model_metrics(item)), report)
     return metrics
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

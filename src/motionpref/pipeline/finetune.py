@@ -1,81 +1,107 @@
 """Stage finetune@<algo>: preference finetuning of the SFT policy into ``data/models/policy_<algo>``.
 
-- ``dpo``: the DPO family (``algo.dpo.loss``: sigmoid | ipo | hinge | kto) on the labelled pairs;
+- ``dpo``: the DPO family (``algo.dpo.loss``: sigmoid | ipo | hinge | kto) on the labelled pairs, beta ``algo.beta``;
 - ``rlhf``: PPO against the reward model (``train_reward``), on the training split's prompts;
 - ``sopo``: semi-online preference optimisation, dataset motions against the policy's own samples scored by the
-  retrieval scorer.
+  retrieval scorer, beta ``algo.sopo.beta``.
 
-Every algorithm is seeded from ``algo.seed`` (the finetuning replicate) as well as the global seed.
+Each algorithm module exposes ``run(job, config, data)``; this stage only gathers its inputs. Every algorithm is
+seeded from ``algo.seed`` (the finetuning replicate) as well as the global seed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from motionpref.config import Params
-from motionpref.pipeline import MODELS, PREFS, REPORTS, TOKENS, StageContext
-from motionpref.pipeline.train_policy import POLICY_DIR
+from motionpref.config import Params, SamplingConfig
+from motionpref.pipeline import StageContext, artifacts
 
-READS = ("data", "algo")
-ALGORITHMS = ("dpo", "rlhf", "sopo")
+if TYPE_CHECKING:
+    from motionpref.models.generator import MotionGenerator
+
+ITEM = "algorithm"
+
+
+def _dpo(params: Params, ctx: StageContext) -> tuple[Callable[..., dict[str, Any]], Any, Any, float | None]:
+    from motionpref.models.policy import MotionPolicy
+    from motionpref.train import dpo
+    from motionpref.train.preference import filter_pairs, preference_pairs, read_preferences
+
+    cfg = params.algo
+    path = ctx.path(artifacts.PREFERENCES)
+    table = read_preferences(path)
+    train = filter_pairs(preference_pairs(table, "train", str(path)), cfg.dpo.data, _seed(params, ctx))
+    val = preference_pairs(table, "val", str(path))
+    policy = MotionPolicy.load(ctx.path(artifacts.POLICY_SFT))
+    return dpo.run, cfg.dpo, dpo.DPOData(policy, train, val), cfg.beta
+
+
+def _rlhf(params: Params, ctx: StageContext) -> tuple[Callable[..., dict[str, Any]], Any, Any, float | None]:
+    from motionpref.models.reward import RewardModel
+    from motionpref.train import ppo
+    from motionpref.train.preference import preference_pairs, read_preferences
+
+    cfg = params.algo.ppo
+    path = ctx.path(artifacts.PREFERENCES)
+    captions = sorted({p.caption for p in preference_pairs(read_preferences(path), "train", str(path))})
+    reward = RewardModel.load(ctx.path(artifacts.REWARD))
+    data = ppo.PPOData(_generator(params, ctx, cfg.sampling), reward.score, reward.model, captions)
+    return ppo.run, cfg, data, None
+
+
+def _sopo(params: Params, ctx: StageContext) -> tuple[Callable[..., dict[str, Any]], Any, Any, float | None]:
+    from motionpref.models.retrieval import RetrievalModel
+    from motionpref.train import sopo
+    from motionpref.train.policy import load_examples
+
+    cfg = params.algo.sopo
+    generator = _generator(params, ctx, cfg.sampling)
+    entries = ctx.dataset(params.data).load("train")
+    examples = load_examples(entries, ctx.path(artifacts.TOKENS), generator.vqvae.codebook_size)
+    scorer = RetrievalModel.load(ctx.path(artifacts.RETRIEVAL))
+    data = sopo.SoPoData(generator, scorer, examples, [e.features for e in entries])
+    return sopo.run, cfg, data, cfg.beta
+
+
+ALGORITHMS = {"dpo": _dpo, "rlhf": _rlhf, "sopo": _sopo}  # algorithm -> (params, ctx) -> (run, config, data, beta)
+
+
+def _seed(params: Params, ctx: StageContext) -> int:
+    return params.stage_seed(f"finetune@{ctx.item}:{params.algo.seed}")
+
+
+def _generator(params: Params, ctx: StageContext, sampling: SamplingConfig) -> MotionGenerator:
+    from motionpref.models.generator import MotionGenerator
+    from motionpref.models.policy import MotionPolicy
+    from motionpref.models.vqvae import MotionVQVAE
+
+    mean, std = ctx.dataset(params.data).stats()
+    vqvae = MotionVQVAE.load(ctx.path(artifacts.VQVAE))
+    return MotionGenerator(MotionPolicy.load(ctx.path(artifacts.POLICY_SFT)), vqvae, mean, std, sampling)
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.io import write_json
-    from motionpref.models.policy import MotionPolicy
+    from motionpref.train.preference import FinetuneJob
 
     algo = ctx.item
     if algo not in ALGORITHMS:
         raise ValueError(f"finetune@{algo}: unknown algorithm; expected one of {', '.join(ALGORITHMS)}")
-    cfg = params.algo
-    seed = params.stage_seed(f"finetune@{algo}:{cfg.seed}")
-    policy = MotionPolicy.load(ctx.path(MODELS, POLICY_DIR))
-    out = ctx.path(MODELS, f"policy_{algo}")
-    log = ctx.run.log_metric
-    if algo == "dpo":
-        from motionpref.train.dpo import train_dpo
-        from motionpref.train.preference import filter_pairs, preference_pairs, read_preferences
-
-        path = ctx.path(PREFS, "preferences.parquet")
-        table = read_preferences(path)
-        train = filter_pairs(preference_pairs(table, "train", str(path)), cfg.dpo.data, seed)
-        val = preference_pairs(table, "val", str(path))
-        metrics = train_dpo(policy, train, val, cfg.dpo, cfg.beta, cfg.lora, seed, out, log)
-        metrics["train_pairs"] = len(train)
-    elif algo == "rlhf":
-        import torch
-        from accelerate import Accelerator
-
-        from motionpref.models.reward import RewardModel
-        from motionpref.train.ppo import train_ppo
-        from motionpref.train.preference import preference_pairs, read_preferences
-
-        path = ctx.path(PREFS, "preferences.parquet")
-        captions = sorted({p.caption for p in preference_pairs(read_preferences(path), "train", str(path))})
-        reward = RewardModel.load(ctx.path(MODELS, "reward"))
-        device = Accelerator(cpu=not torch.cuda.is_available()).device  # PPO runs on one device
-        policy.model.to(device)
-        reward.model.to(device)
-        metrics = train_ppo(policy, reward.score, reward.model, captions, cfg.ppo, cfg.lora, seed, log)
-        policy.save(out)
-        metrics["prompts"] = len(captions)
-    else:
-        from motionpref.config import SamplingConfig
-        from motionpref.models.generator import MotionGenerator
-        from motionpref.models.retrieval import RetrievalModel
-        from motionpref.models.vqvae import MotionVQVAE
-        from motionpref.train.policy import load_examples
-        from motionpref.train.sopo import train_sopo
-
-        spec = ctx.dataset(params.data)
-        vqvae = MotionVQVAE.load(ctx.path(MODELS, "vqvae"))
-        entries = spec.load("train")
-        examples = load_examples(entries, ctx.path(TOKENS), vqvae.codebook_size)
-        mean, std = spec.stats()
-        sampling = SamplingConfig(temperature=cfg.sopo.temperature, max_new_tokens=cfg.sopo.max_new_tokens)
-        generator = MotionGenerator(policy, vqvae, mean, std, sampling)
-        scorer = RetrievalModel.load(ctx.path(MODELS, "retrieval"))
-        motions = [e.features for e in entries]
-        metrics = train_sopo(generator, scorer, examples, motions, cfg.sopo, cfg.beta, cfg.lora, seed, out, log)
-    write_json(ctx.path(REPORTS, "finetune", f"{algo}.json"), metrics)
+    algorithm, config, data, beta = ALGORITHMS[algo](params, ctx)
+    job = FinetuneJob(
+        seed=_seed(params, ctx),
+        lora=params.algo.lora,
+        out_dir=ctx.path(artifacts.policy(algo)),
+        beta=beta,
+        log_metric=ctx.run.log_metric,
+    )
+    metrics = algorithm(job, config, data)
+    write_json(ctx.path(artifacts.finetune_report(algo)), metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

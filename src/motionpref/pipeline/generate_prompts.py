@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import DATASET, PREFS, REPORTS, StageContext
-
-READS = ("data", "prompts")
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -22,7 +20,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
             "use recombine or llm"
         )
     result = generate_prompts(
-        ctx.path(DATASET),
+        ctx.path(artifacts.DATASET),
         cfg.counts,
         seed=params.stage_seed("generate_prompts"),
         near_threshold=cfg.near_threshold,
@@ -32,6 +30,12 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         min_count=cfg.min_count,
         llm=cfg.llm,
     )
-    write_prompts(result.table, ctx.path(PREFS, "prompts.parquet"))
-    write_json(ctx.path(REPORTS, "prompts_stats.json"), result.stats)
+    write_prompts(result.table, ctx.path(artifacts.PROMPTS))
+    write_json(ctx.path(artifacts.stage_report("prompts_stats")), result.stats)
     return result.stats
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

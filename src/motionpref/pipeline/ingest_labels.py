@@ -6,9 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import PREFS, REPORTS, StageContext
-
-READS = ("ingest",)
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -28,13 +26,20 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         seed=params.stage_seed("ingest_labels"),
         margins=dict(cfg.margins),
         on_error=cfg.on_error,
-        quarantine_path=ctx.path(PREFS, "quarantine.jsonl"),  # written even when empty, so DVC can track it
+        quarantine_path=ctx.path(artifacts.QUARANTINE),  # written even when empty, so DVC can track it
+        labels_dir=labels_dir,  # refused if it holds the quarantine file, which would be read back every run
     )
     write_outputs(
         result,
-        ctx.path(PREFS, "preferences.parquet"),
-        ctx.path(REPORTS, "prefs_stats.json"),
-        ctx.path(REPORTS, "prefs_stats.md"),
+        ctx.path(artifacts.PREFERENCES),
+        ctx.path(artifacts.stage_report("prefs_stats")),
+        ctx.path(artifacts.REPORTS, "prefs_stats.md"),
     )
-    ctx.run.log_artifact(ctx.path(REPORTS, "prefs_stats.md"))
+    ctx.run.log_artifact(ctx.path(artifacts.REPORTS, "prefs_stats.md"))
     return result.stats
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -10,31 +10,32 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import MODELS, PREFS, StageContext
-
-READS = ("data", "labels")
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from collections import Counter
+    from functools import partial
 
     from motionpref.io import atomic_dir, write_text
+    from motionpref.models.retrieval import RetrievalModel
+    from motionpref.prefs.judges import make_judge
     from motionpref.prefs.pairs import read_pairs
-    from motionpref.prefs.simulate import ai_labels, judgments_jsonl, score_pairs, simulate_labels
+    from motionpref.prefs.simulate import judgments_jsonl, label_pairs, pair_prompts, perceive_pairs
 
-    cfg = params.labels
-    pairs = read_pairs(ctx.path(PREFS, "pairs.parquet"))
-    if cfg.labeler == "simulated":
-        scores = score_pairs(pairs, ctx.root, ctx.dataset(params.data).skeleton)
-        prompts = dict(zip(pairs["pair_id"], pairs["prompt"], strict=True))
-        files = simulate_labels(scores, prompts, cfg.simulated, params.stage_seed("label"))
-    else:
-        from motionpref.models.retrieval import RetrievalModel
-
-        scorer = RetrievalModel.load(ctx.path(MODELS, "retrieval"))
-        files = {"ai-tmr": ai_labels(pairs, ctx.root, scorer, cfg.ai)}
-    with atomic_dir(ctx.path(PREFS, "labels", "simulated")) as tmp:
+    pairs_path = ctx.path(artifacts.PAIRS)
+    pairs = read_pairs(pairs_path)
+    scorer = partial(RetrievalModel.load, ctx.path(artifacts.RETRIEVAL))
+    judge = make_judge(params.labels, pair_prompts(pairs), ctx.dataset(params.data).skeleton, scorer, str(pairs_path))
+    files = label_pairs(pairs, perceive_pairs(pairs, ctx.root, judge), judge, params.stage_seed("label"))
+    with atomic_dir(ctx.path(artifacts.SIMULATED_LABELS)) as tmp:
         for labeler, judgments in files.items():
             write_text(tmp / f"{labeler}.jsonl", judgments_jsonl(judgments))
     counts = Counter(j.degree or "skip" for judgments in files.values() for j in judgments)
     return {"judgments": sum(counts.values()), "labelers": len(files), **counts}
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import DATASET, REPORTS, StageContext
-
-READS = ("data",)
+from motionpref.pipeline import StageContext, artifacts
 
 
 def link_real_dataset(root: Path, link: Path, skeleton_name: str) -> dict[str, int]:
@@ -35,7 +33,7 @@ def link_real_dataset(root: Path, link: Path, skeleton_name: str) -> dict[str, i
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     data = params.data
-    out = ctx.path(DATASET)
+    out = ctx.path(artifacts.DATASET)
     if data.source != "synthetic":
         counts = link_real_dataset(data.root, out, data.skeleton_name)  # type: ignore[arg-type]
         return {"clips": counts}
@@ -57,7 +55,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     )
     cmu_dir = ctx.path(str(data.cmu_dir))
     report = judge_report(data.judge_clips_per_primitive, seed=seed, cmu_dir=cmu_dir)
-    reports = ctx.path(REPORTS)
+    reports = ctx.path(artifacts.REPORTS)
     write_judge_report(report, reports / "judge_validation.json", reports / "judge_validation.md")
     render_gallery(reports / "gallery", seed=seed, cmu_dir=cmu_dir)
     for name in ("judge_validation.json", "judge_validation.md"):
@@ -75,3 +73,9 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     }
     write_json(reports / "prepare_data.json", metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -6,9 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import REPORTS, StageContext
-
-READS = ("report",)
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -16,13 +14,13 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.report.compare import compare_models, markdown, read_report, winrate_rows
 
     cfg = params.report
-    paths = {m: ctx.path(REPORTS, "metrics", f"{m}.json") for m in cfg.models}
+    paths = {m: ctx.path(artifacts.model_metrics(m)) for m in cfg.models}
     comparison = compare_models(
         {m: read_report(p) for m, p in paths.items()}, cfg.baseline, {m: str(p) for m, p in paths.items()}
     )
-    winrates = winrate_rows({m: read_report(ctx.path(REPORTS, "winrate", f"{m}.json")) for m in cfg.winrate_models})
-    write_json(ctx.path(REPORTS, "comparison.json"), {**comparison, "winrates": winrates})
-    md = ctx.path(REPORTS, "comparison.md")
+    winrates = winrate_rows({m: read_report(ctx.path(artifacts.winrate_report(m, "json"))) for m in cfg.winrate_models})
+    write_json(ctx.path(artifacts.REPORTS, "comparison.json"), {**comparison, "winrates": winrates})
+    md = ctx.path(artifacts.REPORTS, "comparison.md")
     write_text(md, markdown(comparison, winrates))
     ctx.run.log_artifact(md)
     return {
@@ -30,3 +28,9 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         for name, diffs in comparison["vs_baseline"].items()
         for metric, diff in diffs.items()
     }
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import MODELS, PREFS, REPORTS, StageContext
-from motionpref.pipeline.train_policy import POLICY_DIR
-
-READS = ("data", "pairs")
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -22,24 +19,35 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.prefs.prompts import read_prompts
 
     cfg = params.pairs
-    prompts = read_prompts(ctx.path(PREFS, "prompts.parquet"))
+    prompts = read_prompts(ctx.path(artifacts.PROMPTS))
     mean, std = ctx.dataset(params.data).stats()
-    policy_dir = ctx.path(MODELS, POLICY_DIR)
+    policy_dir = ctx.path(artifacts.POLICY_SFT)
     generator = MotionGenerator(
-        MotionPolicy.load(policy_dir), MotionVQVAE.load(ctx.path(MODELS, "vqvae")), mean, std, cfg.sampling
+        MotionPolicy.load(policy_dir), MotionVQVAE.load(ctx.path(artifacts.VQVAE)), mean, std, cfg.sampling
     )
-    with atomic_dir(ctx.path(PREFS, "motions")) as tmp:
+    with atomic_dir(ctx.path(artifacts.MOTIONS)) as tmp:
 
         def store(name: str, features: np.ndarray) -> str:
             write_bytes(tmp / name, npy_bytes(np.asarray(features, np.float32)))
-            return f"{PREFS}/motions/{name}"  # where it will be once the folder is in place
+            return f"{artifacts.MOTIONS}/{name}"  # where it will be once the folder is in place
 
         table, stats = sample_pairs(
-            prompts, generator, cfg.temperature, params.stage_seed("sample_pairs"), directory_hash(policy_dir), store
+            prompts,
+            generator,
+            cfg.sampling.temperature,
+            params.stage_seed("sample_pairs"),
+            directory_hash(policy_dir),
+            store,
         )
-    with atomic_dir(ctx.path(PREFS, "previews")) as tmp:
+    with atomic_dir(ctx.path(artifacts.PREVIEWS)) as tmp:
         names = render_previews(table, ctx.root, tmp, cfg.previews)
-    table.loc[: len(names) - 1, "preview"] = [f"{PREFS}/previews/{name}" for name in names]
-    write_pairs(table, ctx.path(PREFS, "pairs.parquet"))
-    write_json(ctx.path(REPORTS, "pairs_stats.json"), stats)
+    table.loc[: len(names) - 1, "preview"] = [f"{artifacts.PREVIEWS}/{name}" for name in names]
+    write_pairs(table, ctx.path(artifacts.PAIRS))
+    write_json(ctx.path(artifacts.stage_report("pairs_stats")), stats)
     return stats
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -8,9 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import MODELS, REPORTS, StageContext
-
-READS = ("data", "evaluator", "evaluate")
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -22,7 +20,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     cfg = params.evaluator
     spec = ctx.dataset(params.data)
     val = spec.load("val")
-    out = ctx.path(MODELS, "evaluator")
+    out = ctx.path(artifacts.EVALUATOR)
     seed = params.stage_seed("train_evaluator")
     metrics: dict[str, Any] = {}
     if cfg.init == "t2m":
@@ -45,5 +43,11 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     if len(val) >= sizes.r_precision_batch:
         gt = evaluate_model(ground_truth_sample_fn(val), val, evaluator, sizes, seed)
         metrics.update({f"val_gt_{k}": v["mean"] for k, v in gt.items() if k != "replications"})
-    write_json(ctx.path(REPORTS, "train_evaluator.json"), metrics)
+    write_json(ctx.path(artifacts.stage_report("train_evaluator")), metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -9,10 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import MODELS, REPORTS, TOKENS, StageContext
-
-READS = ("data", "vqvae", "policy")
-POLICY_DIR = "policy_sft"
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -23,10 +20,10 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
 
     cfg = params.policy
     spec = ctx.dataset(params.data)
-    codebook_size = MotionVQVAE.load(ctx.path(MODELS, "vqvae")).codebook_size
-    train = load_examples(spec.load("train"), ctx.path(TOKENS), codebook_size)
-    val = load_examples(spec.load("val"), ctx.path(TOKENS), codebook_size)
-    out = ctx.path(MODELS, POLICY_DIR)
+    codebook_size = MotionVQVAE.load(ctx.path(artifacts.VQVAE)).codebook_size
+    train = load_examples(spec.load("train"), ctx.path(artifacts.TOKENS), codebook_size)
+    val = load_examples(spec.load("val"), ctx.path(artifacts.TOKENS), codebook_size)
+    out = ctx.path(artifacts.POLICY_SFT)
     seed = params.stage_seed("train_policy")
     if cfg.init == "motiongpt":
         policy, _ = MotionPolicy.from_motiongpt(cfg.checkpoint, cfg.t5_dir, codebook_size)  # type: ignore[arg-type]
@@ -38,5 +35,11 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         policy = MotionPolicy.from_scratch(model_config, captions, seed=seed)
         metrics = train_policy(policy, train, val, cfg.train, seed, out, ctx.run.log_metric)
     metrics["parameters"] = sum(p.numel() for p in policy.model.parameters())
-    write_json(ctx.path(REPORTS, "train_policy.json"), metrics)
+    write_json(ctx.path(artifacts.stage_report("train_policy")), metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

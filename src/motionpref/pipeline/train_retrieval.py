@@ -8,9 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import DATASET, MODELS, REPORTS, StageContext
-
-READS = ("data", "retrieval")
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -25,19 +23,25 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         from motionpref.synth.world import read_programs
 
         # clips of one program describe the same motion: never each other's negatives
-        programs = read_programs(ctx.path(DATASET))
+        programs = read_programs(ctx.path(artifacts.DATASET))
         groups = [programs[e.source_id][0].key() for e in train]
     metrics = train_retrieval(
         train,
         val,
         mean,
         std,
-        ctx.path(MODELS, "retrieval"),
+        ctx.path(artifacts.RETRIEVAL),
         model_config=params.retrieval.model,
         train_config=params.retrieval.train,
         seed=params.stage_seed("train_retrieval"),
         train_groups=groups,
         log_metric=ctx.run.log_metric,
     )
-    write_json(ctx.path(REPORTS, "train_retrieval.json"), metrics)
+    write_json(ctx.path(artifacts.stage_report("train_retrieval")), metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

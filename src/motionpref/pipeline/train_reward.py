@@ -6,12 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import MODELS, PREFS, REPORTS, StageContext
-from motionpref.pipeline.train_policy import POLICY_DIR
-
-READS = ("reward",)
-REWARD_DIR = "reward"
-PREFERENCES = "preferences.parquet"
+from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -21,15 +16,21 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.train.preference import preference_pairs, read_preferences
     from motionpref.train.reward import train_reward
 
-    prefs_path = ctx.path(PREFS, PREFERENCES)
+    prefs_path = ctx.path(artifacts.PREFERENCES)
     prefs = read_preferences(prefs_path)
     train = preference_pairs(prefs, "train", source=str(prefs_path))
     val = preference_pairs(prefs, "val", source=str(prefs_path))
     seed = params.stage_seed("train_reward")
-    reward = RewardModel.from_policy(MotionPolicy.load(ctx.path(MODELS, POLICY_DIR)), seed=seed)
+    reward = RewardModel.from_policy(MotionPolicy.load(ctx.path(artifacts.POLICY_SFT)), seed=seed)
     metrics = train_reward(
-        reward, train, val, params.reward.train, seed, ctx.path(MODELS, REWARD_DIR), ctx.run.log_metric
+        reward, train, val, params.reward.train, seed, ctx.path(artifacts.REWARD), ctx.run.log_metric
     )
     metrics["parameters"] = sum(p.numel() for p in reward.model.parameters())
-    write_json(ctx.path(REPORTS, "train_reward.json"), metrics)
+    write_json(ctx.path(artifacts.stage_report("train_reward")), metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params, VQVAEConfig
-from motionpref.pipeline import MODELS, REPORTS, TOKENS, StageContext
+from motionpref.pipeline import StageContext, artifacts
 
-READS = ("data", "vqvae", "policy")
 SPLITS = ("train", "val", "test")
 
 
@@ -25,7 +24,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     spec = ctx.dataset(params.data)
     entries = {split: spec.load(split) for split in SPLITS}
     mean, std = spec.stats()
-    out = ctx.path(MODELS, "vqvae")
+    out = ctx.path(artifacts.VQVAE)
     if params.policy.init == "motiongpt":
         checkpoint = params.policy.checkpoint
         model = MotionVQVAE(VQVAEConfig.real(spec.skeleton.feature_dim))
@@ -56,7 +55,13 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     model = MotionVQVAE.load(out)
     everything = [e for split in SPLITS for e in entries[split]]
     metrics["tokenised_entries"] = write_tokens(
-        model, [e.name for e in everything], [e.features for e in everything], mean, std, ctx.path(TOKENS)
+        model, [e.name for e in everything], [e.features for e in everything], mean, std, ctx.path(artifacts.TOKENS)
     )
-    write_json(ctx.path(REPORTS, "train_vqvae.json"), metrics)
+    write_json(ctx.path(artifacts.stage_report("train_vqvae")), metrics)
     return metrics
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -8,19 +8,17 @@ split and the prompts whose pairs were skipped or never labelled.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from motionpref.config import Params
-from motionpref.pipeline import MODELS, PREFS, REPORTS, StageContext
+from motionpref.pipeline import StageContext, artifacts
 
-# data: the dataset statistics and skeleton; algo: only algo.seed, the finetuning replicate being compared
-READS = ("data", "winrate", "labels", "algo")
+ITEM = "model"
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.evaluate.winrate import (
-        RetrievalFeedback,
-        SimulatedLabelers,
         flat_metrics,
         held_out_prompts,
         train_prompt_ids,
@@ -29,36 +27,39 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     )
     from motionpref.models.generator import MotionGenerator
     from motionpref.models.policy import MotionPolicy
+    from motionpref.models.retrieval import RetrievalModel
     from motionpref.models.vqvae import MotionVQVAE
+    from motionpref.prefs.judges import make_judge
     from motionpref.prefs.prompts import read_prompts
 
     cfg = params.winrate
     name = ctx.item
     assert name is not None
-    if not ctx.path(MODELS, f"policy_{name}").is_dir():
-        raise FileNotFoundError(f"{MODELS}/policy_{name}: no model for winrate@{name}; run finetune@{name} first")
+    if not ctx.path(artifacts.policy(name)).is_dir():
+        raise FileNotFoundError(f"{artifacts.policy(name)}: no model for winrate@{name}; run finetune@{name} first")
     seed = params.stage_seed(f"winrate:{params.algo.seed}")
-    prompts_path = ctx.path(PREFS, "prompts.parquet")
+    prompts_path = ctx.path(artifacts.PROMPTS)
     prompts = held_out_prompts(
-        read_prompts(prompts_path), train_prompt_ids(ctx.path(PREFS, "preferences.parquet")), cfg.prompts, seed
+        read_prompts(prompts_path), train_prompt_ids(ctx.path(artifacts.PREFERENCES)), cfg.prompts, seed
     )
     spec = ctx.dataset(params.data)
-    if params.labels.labeler == "simulated":
-        judge = SimulatedLabelers.for_prompts(prompts, params.labels.simulated, spec.skeleton, str(prompts_path))
-    else:
-        from motionpref.models.retrieval import RetrievalModel
-
-        scorer = RetrievalModel.load(ctx.path(MODELS, "retrieval"))
-        judge = RetrievalFeedback(scorer, list(prompts["text"]), params.labels.ai)
+    scorer = partial(RetrievalModel.load, ctx.path(artifacts.RETRIEVAL))
+    judge = make_judge(params.labels, prompts, spec.skeleton, scorer, str(prompts_path))
     mean, std = spec.stats()
-    vqvae = MotionVQVAE.load(ctx.path(MODELS, "vqvae"))
+    vqvae = MotionVQVAE.load(ctx.path(artifacts.VQVAE))
 
     def generator(model: str) -> MotionGenerator:
-        return MotionGenerator(MotionPolicy.load(ctx.path(MODELS, f"policy_{model}")), vqvae, mean, std, cfg.sampling)
+        return MotionGenerator(MotionPolicy.load(ctx.path(artifacts.policy(model))), vqvae, mean, std, cfg.sampling)
 
     study = winrate_study(generator("sft"), {name: generator(name)}, prompts, cfg.temperatures, judge, seed)
-    paths = [ctx.path(REPORTS, "winrate", f"{name}.{ext}") for ext in ("json", "md", "png")]
+    paths = [ctx.path(artifacts.winrate_report(name, ext)) for ext in ("json", "md", "png")]
     write_reports(study, *paths)
     for path in paths[1:]:
         ctx.run.log_artifact(path)
     return flat_metrics(study)
+
+
+if __name__ == "__main__":
+    from motionpref.pipeline import main
+
+    main()

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from motionpref.config import DPOConfig, LoraConfig
+from motionpref.config import DPOConfig
 from motionpref.models.policy import MotionPolicy
 from motionpref.progress import track
 from motionpref.train.losses import implicit_rewards, preference_loss, sft_loss
-from motionpref.train.preference import (
-    PreferencePair,
-    Reference,
-    finish_finetuning,
-    pair_logprobs,
-    start_finetuning,
-    trainable_state,
-)
+from motionpref.train.preference import FinetuneJob, PreferencePair, Reference, pair_logprobs, trainable_state
 
-LogMetric = Callable[[str, float, int], None]
+
+@dataclass
+class DPOData:
+    """The policy to finetune and its labelled pairs: ``train`` to learn from, ``val`` to pick the epoch."""
+
+    policy: MotionPolicy
+    train: Sequence[PreferencePair]
+    val: Sequence[PreferencePair]
 
 
 def logprob_reduction(loss: str) -> str:
@@ -118,27 +118,19 @@ def evaluate_pairs(
     return out
 
 
-def train_dpo(
-    policy: MotionPolicy,
-    train: Sequence[PreferencePair],
-    val: Sequence[PreferencePair],
-    config: DPOConfig,
-    beta: float,
-    lora: LoraConfig,
-    seed: int,
-    out_dir: str | Path,
-    log_metric: LogMetric | None = None,
-) -> dict[str, float]:
-    """Finetune ``policy`` in place with the DPO-family loss ``config.loss``; save the best-validation epoch
-    (adapters merged) to ``out_dir`` and leave ``policy`` holding it.
+def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
+    """Finetune ``data.policy`` in place with the DPO-family loss ``config.loss`` and ``job.beta``; save the
+    best-validation epoch (adapters merged) to ``job.out_dir`` and leave the policy holding it.
 
     Returns the best epoch's validation metrics (``val_*``), ``best_epoch``, the last epoch's train loss and
     accuracy, and the validation metrics before training (``val0_*``: the reference itself).
     """
+    policy, train, val = data.policy, data.train, data.val
+    beta = job.require_beta("dpo")
     if not train or not val:
-        raise ValueError(f"train_dpo needs training and validation pairs (got {len(train)} and {len(val)})")
-    torch.manual_seed(seed)
-    accelerator, reference, params, optimiser = start_finetuning(policy, lora, config.lr, config.weight_decay)
+        raise ValueError(f"dpo needs training and validation pairs (got {len(train)} and {len(val)})")
+    torch.manual_seed(job.seed)
+    reference, params, optimiser = job.start(policy, config.lr, config.weight_decay)
     reduction = logprob_reduction(config.loss)
     ref_train = reference_logprobs(reference, train, reduction)
     ref_val = reference_logprobs(reference, val, reduction)
@@ -152,7 +144,7 @@ def train_dpo(
     best = {f"val_{k}": v for k, v in initial.items()}
     best["best_epoch"] = 0.0
     best_state = trainable_state(policy.model)
-    rng = random.Random(seed)
+    rng = random.Random(job.seed)
     step = 0
     last: dict[str, float] = {}
     for epoch in range(1, config.epochs + 1):
@@ -167,27 +159,26 @@ def train_dpo(
             rw, rl = ref_train[0][rows].to(device), ref_train[1][rows].to(device)
             loss = dpo_objective(config, pw, pl, rw, rl, sum_w, len_w, beta)
             optimiser.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(params, config.grad_clip)
+            job.accelerator.backward(loss)
+            job.accelerator.clip_grad_norm_(params, config.grad_clip)
             optimiser.step()
             scheduler.step()
             step += 1
             margin = implicit_rewards(pw, rw, beta) - implicit_rewards(pl, rl, beta)
             loss_sum += loss.item() * len(rows)
             acc_sum += pair_accuracy(margin).sum().item()
-            if log_metric is not None:
-                log_metric("dpo/train_loss", loss.item(), step)
-                log_metric("dpo/train_margin", margin.mean().item(), step)
+            job.log("dpo/train_loss", loss.item(), step)
+            job.log("dpo/train_margin", margin.mean().item(), step)
         last = {"train_loss": loss_sum / len(train), "train_accuracy": acc_sum / len(train)}
         val_metrics = evaluate_pairs(policy, val, ref_val, config, beta)
-        if log_metric is not None:
-            for k, v in val_metrics.items():
-                log_metric(f"dpo/val_{k}", v, step)
-            log_metric("dpo/epoch_train_loss", last["train_loss"], step)
+        for k, v in val_metrics.items():
+            job.log(f"dpo/val_{k}", v, step)
+        job.log("dpo/epoch_train_loss", last["train_loss"], step)
         value, current = val_metrics[metric_key], best[f"val_{metric_key}"]
         if epoch == 1 or (value > current if higher_is_better else value < current):
             best = {f"val_{k}": v for k, v in val_metrics.items()}
             best["best_epoch"] = float(epoch)
             best_state = trainable_state(policy.model)
-    finish_finetuning(policy, accelerator, out_dir, best_state)
-    return {**last, **best, **{f"val0_{k}": v for k, v in initial.items()}, "epochs": float(config.epochs)}
+    job.finish(policy, best_state)
+    initial = {f"val0_{k}": v for k, v in initial.items()}
+    return {**last, **best, **initial, "epochs": float(config.epochs), "train_pairs": len(train)}

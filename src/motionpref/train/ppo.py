@@ -2,7 +2,8 @@
 
 trl 1.x no longer ships PPO, so the loop is written here, step for step as trl's PPOv2 trainer ran it:
 
-1. draw ``batch_size`` captions, sample one motion each (constrained decoding, ``temperature``);
+1. draw ``batch_size`` captions, sample one motion each through the generator (``sampling``: constrained decoding
+   at its temperature, no resampling of invalid ones by default);
 2. score the motions with the reward model; scale the score by its running standard deviation times
    ``score_scale`` (trl 0.x ``use_score_scaling``) and clip it to ``score_clip``;
 3. per-token rewards: ``-kl_coef * (log pi - log pi_ref)`` on every answer token, plus the score on the last one;
@@ -41,11 +42,11 @@ from transformers.integrations.neftune import neftune_post_forward_hook
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from motionpref.config import LoraConfig, PPOConfig
+from motionpref.models.generator import MotionGenerator
 from motionpref.models.policy import MotionPolicy, _MotionGrammar
 from motionpref.progress import track
-from motionpref.train.preference import Reference, apply_lora, disable_dropout, merge_lora
+from motionpref.train.preference import FinetuneJob, Reference, apply_lora, disable_dropout
 
-LogMetric = Callable[[str, float, int], None]
 RewardFn = Callable[[list[str], list[list[int]]], Tensor]
 
 WHITEN_EPS = 1e-8  # as trl's masked_whiten
@@ -314,53 +315,55 @@ def _check_value_init(policy: MotionPolicy, value_init: PreTrainedModel) -> None
         )
 
 
-def train_ppo(
-    policy: MotionPolicy,
-    reward_fn: RewardFn,
-    value_init: PreTrainedModel,
-    captions: Sequence[str],
-    config: PPOConfig,
-    lora: LoraConfig,
-    seed: int,
-    log_metric: LogMetric | None = None,
-) -> dict[str, float]:
-    """Finetune ``policy`` in place with PPO against ``reward_fn(prompts, codes) -> (B,)``.
+@dataclass
+class PPOData:
+    """The sampler of the policy to finetune (``generator.policy``; its sampling must be ``config.sampling``), the
+    reward ``reward_fn(prompts, codes) -> (B,)``, the model the value network starts from, and the prompts."""
+
+    generator: MotionGenerator
+    reward_fn: RewardFn
+    value_init: PreTrainedModel
+    captions: Sequence[str]
+
+
+def run(job: FinetuneJob, config: PPOConfig, data: PPOData) -> dict[str, float]:
+    """Finetune ``data.generator.policy`` in place with PPO against ``data.reward_fn`` and save it (adapters
+    merged) to ``job.out_dir``.
 
     The value network is ``value_init``'s transformer body (copied; ``value_init`` is untouched) with a fresh
     scalar head. The reference is the initial policy (a frozen copy, or with LoRA the base model with the
-    adapters disabled). With LoRA the adapters are merged at the end, so ``policy.save`` writes a plain model.
+    adapters disabled).
 
     Logs per step ``ppo/score_mean``, ``ppo/rlhf_reward`` (score - kl_coef * KL), ``ppo/kl`` (sequence KL to the
     reference), ``ppo/entropy`` (per token), ``ppo/policy_loss``, ``ppo/value_loss``, ``ppo/clip_frac``,
     ``ppo/value_clip_frac``, ``ppo/approx_kl``, ``ppo/invalid_rate`` and ``ppo/length_mean`` (codes per valid
     motion); a step whose samples are all invalid logs ``ppo/invalid_rate`` only and makes no update.
-    Returns each metric's last value (without the ``ppo/`` prefix) and ``score_mean_first``.
+    Returns each metric's last value (without the ``ppo/`` prefix), ``score_mean_first`` and ``prompts``.
     """
-    if not captions:
-        raise ValueError("train_ppo: no captions to prompt the policy with")
-    _check_value_init(policy, value_init)
-    torch.manual_seed(seed)  # NEFTune's noise draws from the global generator
-    rng = random.Random(seed)
-    batches = _caption_batches(captions, config.batch_size, rng)
-    ppo = _PPO(policy, reward_fn, value_init, config, lora, seed)
+    if not data.captions:
+        raise ValueError("ppo: no captions to prompt the policy with")
+    if data.generator.sampling != config.sampling:
+        raise ValueError("ppo: the generator must sample with algo.ppo.sampling (its log-probabilities assume it)")
+    policy = data.generator.policy
+    _check_value_init(policy, data.value_init)
+    policy.model.to(job.device)
+    data.value_init.to(job.device)
+    torch.manual_seed(job.seed)  # NEFTune's noise draws from the global generator
+    rng = random.Random(job.seed)
+    batches = _caption_batches(data.captions, config.batch_size, rng)
+    ppo = _PPO(data.generator, data.reward_fn, data.value_init, config, job.lora, job.seed)
     history: dict[str, float] = {}
-    try:
-        with neftune(policy.model, config.neftune_alpha):
-            for step in track(range(1, config.steps + 1), description="ppo", total=config.steps):
-                seeds = [rng.randrange(2**31) for _ in range(config.batch_size)]
-                metrics = ppo.step(next(batches), seeds)
-                if "score_mean" in metrics:
-                    history.setdefault("score_mean_first", metrics["score_mean"])
-                history.update(metrics)
-                if log_metric is not None:
-                    for name, value in metrics.items():
-                        log_metric(f"ppo/{name}", value, step)
-    finally:
-        merge_lora(policy)
-        # peft froze the base weights; the merged model is a plain, trainable model again.
-        policy.model.requires_grad_(True)
-        policy.model.eval()
-    return history
+    with neftune(policy.model, config.neftune_alpha):
+        for step in track(range(1, config.steps + 1), description="ppo", total=config.steps):
+            seeds = [rng.randrange(2**31) for _ in range(config.batch_size)]
+            metrics = ppo.step(next(batches), seeds)
+            if "score_mean" in metrics:
+                history.setdefault("score_mean_first", metrics["score_mean"])
+            history.update(metrics)
+            for name, value in metrics.items():
+                job.log(f"ppo/{name}", value, step)
+    job.finish(policy)
+    return {**history, "prompts": len(data.captions)}
 
 
 class _PPO:
@@ -368,14 +371,15 @@ class _PPO:
 
     def __init__(
         self,
-        policy: MotionPolicy,
+        generator: MotionGenerator,
         reward_fn: RewardFn,
         value_init: PreTrainedModel,
         config: PPOConfig,
         lora: LoraConfig,
         seed: int,
     ) -> None:
-        self.policy, self.reward_fn, self.config = policy, reward_fn, config
+        self.sampler, self.reward_fn, self.config = generator, reward_fn, config
+        policy = self.policy = generator.policy
         self.generator = torch.Generator().manual_seed(seed)  # value head init, mini-batch order
         self.value_model = ValueModel(value_init, config.value_head_std, self.generator).to(policy.device)
         disable_dropout(self.value_model)
@@ -390,9 +394,7 @@ class _PPO:
     def step(self, captions: list[str], seeds: list[int]) -> dict[str, float]:
         """Sample one motion per caption, then PPO updates on the valid ones; the step's metrics."""
         config = self.config
-        samples = self.policy.sample(
-            captions, seeds, temperature=config.temperature, max_new_tokens=config.max_new_tokens
-        )
+        samples = self.sampler.generate(captions, seeds, decode=False)
         metrics = {"invalid_rate": samples.n_invalid / len(captions)}
         keep = [i for i, ok in enumerate(samples.valid) if ok]
         if not keep:
@@ -420,12 +422,14 @@ class _PPO:
         self.value_model.eval()
         layout = answer_layout(policy, prompts, codes, policy.model.config)
         mask = layout.mask
-        logprobs, entropy = token_stats(policy.model, layout, config.temperature, self.grammar)
+        logprobs, entropy = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
         if self.reference.frozen is not None:
-            ref_logprobs, _ = token_stats(self.reference.frozen.model, layout, config.temperature, self.grammar)
+            ref_logprobs, _ = token_stats(
+                self.reference.frozen.model, layout, config.sampling.temperature, self.grammar
+            )
         else:
             with policy.model.disable_adapter():
-                ref_logprobs, _ = token_stats(policy.model, layout, config.temperature, self.grammar)
+                ref_logprobs, _ = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
         values = self.value_model(answer_layout(policy, prompts, codes, self.value_model.config))
 
         scores = self.reward_fn(prompts, codes)
@@ -460,7 +464,7 @@ class _PPO:
         layout = answer_layout(policy, prompts, codes, policy.model.config)
         mask = layout.mask
         old_logprobs, old_values, advantages, returns = rollout.rows(index, mask.shape[1])
-        logprobs, _ = token_stats(policy.model, layout, config.temperature, self.grammar)
+        logprobs, _ = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
         values = self.value_model(answer_layout(policy, prompts, codes, self.value_model.config))
         pg_loss, clip_frac = clipped_policy_loss(logprobs, old_logprobs, advantages, mask, config.clip_range)
         vf_loss, vf_clip_frac = clipped_value_loss(values, old_values, returns, mask, config.clip_range_value)

@@ -9,19 +9,22 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import pandas as pd
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from motionpref.config import LoraConfig, PreferenceFilter
+from motionpref.config import DegreeName, LoraConfig, PreferenceFilter
 from motionpref.models.policy import MotionPolicy
-from motionpref.prefs.labels import DEGREES
 
+# weakest first as prefs.labels.DEGREES, so messages and per-degree metrics keep their order (the config's
+# literal lists the strongest first)
+DEGREES: tuple[DegreeName, ...] = get_args(DegreeName)[::-1]
 DEGREE_FILTERS: dict[str, tuple[str, ...]] = {
     "all": ("much_better", "better", "slightly_better"),
     "much_better": ("much_better",),
@@ -139,32 +142,65 @@ def merge_lora(policy: MotionPolicy) -> None:
         policy.model = policy.model.merge_and_unload()
 
 
-def start_finetuning(
-    policy: MotionPolicy, lora: LoraConfig, lr: float, weight_decay: float
-) -> tuple[Accelerator, Reference, list[nn.Parameter], torch.optim.Optimizer]:
-    """Dropout off, LoRA on (if enabled), the frozen reference taken, the policy on the accelerator's device, and
-    AdamW over what trains: the accelerator, reference, trainable parameters and the prepared optimiser."""
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    disable_dropout(policy.model)
-    apply_lora(policy, lora)
-    policy.model.to(accelerator.device)
-    reference = Reference(policy)
-    params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    policy.model, optimiser = accelerator.prepare(policy.model, optimiser)
-    return accelerator, reference, params, optimiser
+LogMetric = Callable[[str, float, int], None]
 
 
-def finish_finetuning(
-    policy: MotionPolicy, accelerator: Accelerator, out_dir: str | Path, state: dict[str, Tensor] | None = None
-) -> None:
-    """Unwrap the policy, load the kept ``state`` (trainable tensors) if given, merge LoRA and save it."""
-    policy.model = accelerator.unwrap_model(policy.model)
-    if state is not None:
-        policy.model.load_state_dict(state, strict=False)
-    merge_lora(policy)
-    policy.model.eval()
-    policy.save(out_dir)
+@dataclass
+class FinetuneJob:
+    """What every finetuning algorithm shares; each algorithm module exposes ``run(job, config, data) -> metrics``
+    with its own config section and inputs, and places, trains and saves through this object.
+
+    ``beta`` is the algorithm's KL-regularisation strength where its config does not hold it (the DPO family's
+    ``algo.beta``, SoPo's ``algo.sopo.beta``); None where the algorithm has none of its own (PPO: ``kl_coef``).
+    """
+
+    seed: int
+    lora: LoraConfig
+    out_dir: Path
+    beta: float | None = None
+    log_metric: LogMetric | None = None
+    accelerator: Accelerator = field(default_factory=lambda: Accelerator(cpu=not torch.cuda.is_available()))
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def require_beta(self, algorithm: str) -> float:
+        if self.beta is None:
+            raise ValueError(f"{algorithm} needs a beta; the finetuning job has none")
+        return self.beta
+
+    def log(self, name: str, value: float, step: int) -> None:
+        if self.log_metric is not None:
+            self.log_metric(name, value, step)
+
+    def start(
+        self, policy: MotionPolicy, lr: float, weight_decay: float
+    ) -> tuple[Reference, list[nn.Parameter], torch.optim.Optimizer]:
+        """Dropout off, LoRA on (if enabled), the frozen reference taken, the policy on the job's device, and
+        AdamW over what trains: the reference, the trainable parameters and the prepared optimiser."""
+        disable_dropout(policy.model)
+        apply_lora(policy, self.lora)
+        policy.model.to(self.device)
+        reference = Reference(policy)
+        params = [p for p in policy.model.parameters() if p.requires_grad]
+        optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        policy.model, optimiser = self.accelerator.prepare(policy.model, optimiser)
+        return reference, params, optimiser
+
+    def finish(self, policy: MotionPolicy, state: dict[str, Tensor] | None = None) -> None:
+        """Unwrap the policy, load the kept ``state`` (trainable tensors) if given, merge LoRA and save it."""
+        policy.model = self.accelerator.unwrap_model(policy.model)
+        if state is not None:
+            # strict=False because the snapshot holds only the trainable tensors; a key it holds that the model
+            # lacks (a rename) would otherwise load nothing, silently
+            unexpected = policy.model.load_state_dict(state, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"the kept epoch's weights do not fit the policy: unknown keys {unexpected[:5]}")
+        merge_lora(policy)
+        policy.model.requires_grad_(True)  # peft froze the base weights; the merged model is a plain one again
+        policy.model.eval()
+        policy.save(self.out_dir)
 
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:

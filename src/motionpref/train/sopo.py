@@ -13,21 +13,20 @@ motion, and it counts as "valuable" only when its score is below tau. Variants, 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from motionpref.config import LoraConfig, SoPoConfig
+from motionpref.config import SoPoConfig
 from motionpref.models.generator import MotionGenerator
 from motionpref.models.retrieval import RetrievalModel, cosine_to_score
 from motionpref.progress import track
 from motionpref.train.losses import sopo_loss, sopo_weight
 from motionpref.train.policy import PolicyExample
-from motionpref.train.preference import finish_finetuning, pair_logprobs, start_finetuning
+from motionpref.train.preference import FinetuneJob, pair_logprobs
 
-LogMetric = Callable[[str, float, int], None]
 FILTERED = ("usopo", "sopo")  # variants with the valuable-unpreferred filter
 REWEIGHTED = ("sopo_no_vu", "sopo")  # variants with beta_w
 
@@ -52,32 +51,33 @@ def semi_online_pairs(
     return loser, score, valuable, similarity
 
 
-def train_sopo(
-    policy_generator: MotionGenerator,
-    scorer: RetrievalModel,
-    examples: Sequence[PolicyExample],
-    motions: Sequence[np.ndarray],
-    config: SoPoConfig,
-    beta: float,
-    lora: LoraConfig,
-    seed: int,
-    out_dir: str | Path,
-    log_metric: LogMetric | None = None,
-) -> dict[str, float]:
-    """Finetune ``policy_generator.policy`` in place with SoPo and save it (adapters merged) to ``out_dir``.
+@dataclass
+class SoPoData:
+    """The sampler of the policy to finetune (``generator.policy``, sampling with ``config.sampling``), the
+    retrieval scorer, and the training clips: ``examples[i]`` a clip's captions and codes (the preferred
+    answer), ``motions[i]`` its un-normalised features (for S(x_w))."""
 
-    ``examples[i]`` holds a training clip's captions and codes (the preferred answer), ``motions[i]`` its
-    un-normalised features (for S(x_w)). Returns the last epoch's means: loss, the fraction of captions with
-    a valuable unpreferred sample, the unpreferred and best online scores, S(x_w).
+    generator: MotionGenerator
+    scorer: RetrievalModel
+    examples: Sequence[PolicyExample]
+    motions: Sequence[np.ndarray]
+
+
+def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float]:
+    """Finetune ``data.generator.policy`` in place with SoPo (beta ``job.beta``) and save it (adapters merged)
+    to ``job.out_dir``. Returns the last epoch's means: loss, the fraction of captions with a valuable unpreferred
+    sample, the unpreferred and best online scores, S(x_w).
     """
+    policy_generator, scorer, examples, motions = data.generator, data.scorer, data.examples, data.motions
+    beta = job.require_beta("sopo")
     if len(examples) != len(motions):
         raise ValueError(f"{len(examples)} examples but {len(motions)} motions")
     if not examples:
-        raise ValueError("train_sopo: no training examples")
+        raise ValueError("sopo: no training examples")
     policy = policy_generator.policy
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    accelerator, reference, params, optimiser = start_finetuning(policy, lora, config.lr, config.weight_decay)
+    torch.manual_seed(job.seed)
+    rng = random.Random(job.seed)
+    reference, params, optimiser = job.start(policy, config.lr, config.weight_decay)
     preferred_embeddings = scorer.encode_motion(list(motions)).cpu()
 
     per_epoch = min(config.captions_per_epoch or len(examples), len(examples))
@@ -92,9 +92,7 @@ def train_sopo(
             captions = [rng.choice(examples[i].captions) for i in rows]
             seeds = [rng.randrange(2**31) for _ in range(len(rows) * config.k)]
             policy.model.eval()
-            generation = policy_generator.generate(
-                [c for c in captions for _ in range(config.k)], seeds, temperature=config.temperature
-            )
+            generation = policy_generator.generate([c for c in captions for _ in range(config.k)], seeds)
             policy.model.train()
             valid = torch.tensor([f is not None for f in generation.features]).view(len(rows), config.k)
             sample_emb = torch.zeros(len(rows) * config.k, preferred_embeddings.shape[1])
@@ -125,8 +123,8 @@ def train_sopo(
                 pw, ref_w.to(device), pl, ref_l.to(device), beta_w.to(device), beta, valuable.to(device)
             ).mean()
             optimiser.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(params, config.grad_clip)
+            job.accelerator.backward(loss)
+            job.accelerator.clip_grad_norm_(params, config.grad_clip)
             optimiser.step()
             step += 1
             has_valid = valid.any(dim=1)
@@ -143,8 +141,7 @@ def train_sopo(
             }
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v * len(rows)
-                if log_metric is not None:
-                    log_metric(f"sopo/{k}", v, step)
+                job.log(f"sopo/{k}", v, step)
         last = {k: v / per_epoch for k, v in sums.items()}
-    finish_finetuning(policy, accelerator, out_dir)
+    job.finish(policy)
     return {**last, "steps": float(step), "epochs": float(config.epochs)}

@@ -1,0 +1,47 @@
+"""Where the stages read and write, relative to the project root: the one home of every artifact path
+(``dvc.yaml`` names the same paths as deps and outs; tests/test_wiring.py checks they agree)."""
+
+from __future__ import annotations
+
+DATASET = "data/dataset"
+TOKENS = "data/tokens"
+MODELS = "data/models"
+PREFS = "data/prefs"
+REPORTS = "reports"
+
+VQVAE = f"{MODELS}/vqvae"
+EVALUATOR = f"{MODELS}/evaluator"
+RETRIEVAL = f"{MODELS}/retrieval"
+REWARD = f"{MODELS}/reward"
+POLICY_SFT = f"{MODELS}/policy_sft"
+
+PROMPTS = f"{PREFS}/prompts.parquet"
+PAIRS = f"{PREFS}/pairs.parquet"
+MOTIONS = f"{PREFS}/motions"
+PREVIEWS = f"{PREFS}/previews"
+APP_PREVIEWS = f"{PREFS}/app_previews"
+SIMULATED_LABELS = f"{PREFS}/labels/simulated"
+PREFERENCES = f"{PREFS}/preferences.parquet"
+QUARANTINE = f"{PREFS}/quarantine.jsonl"
+
+
+def policy(name: str) -> str:
+    """A policy's folder: ``sft`` is the supervised one, any other name a finetuned one (``finetune@<name>``)."""
+    return f"{MODELS}/policy_{name}"
+
+
+def stage_report(stage: str) -> str:
+    """The metrics JSON a training stage writes (``reports/train_vqvae.json``)."""
+    return f"{REPORTS}/{stage}.json"
+
+
+def model_metrics(model: str) -> str:
+    return f"{REPORTS}/metrics/{model}.json"
+
+
+def finetune_report(algorithm: str) -> str:
+    return f"{REPORTS}/finetune/{algorithm}.json"
+
+
+def winrate_report(model: str, ext: str) -> str:
+    return f"{REPORTS}/winrate/{model}.{ext}"

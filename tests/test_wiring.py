@@ -1,0 +1,179 @@
+"""dvc.yaml is the one record of the stage wiring: these tests hold it to the code.
+
+- every stage module is a stage of dvc.yaml (and the other way round), run by ``python -m`` on that module;
+- a stage's deps cover the code it runs: its module and every motionpref module that module imports, transitively;
+- a stage's params cover what its code reads: ``run_stage`` refuses an undeclared key at run time (the smoke
+  pipeline in test_pipeline.py runs every stage through it), tested here on a planted drift;
+- our resolution of dvc.yaml's params equals DVC's own.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from motionpref.config import parse_params
+from motionpref.pipeline import (
+    ITEM_STAGES,
+    STAGES,
+    DeclaredParams,
+    UndeclaredParamError,
+    declared_params,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+DVC_YAML = ROOT / "dvc.yaml"
+# modules a stage runs through that cannot change what it writes (neither deps nor followed): params values are
+# tracked as params (config), MLflow and progress bars write nothing DVC tracks, the CLI only dispatches to
+# run_stage, artifacts only names paths that dvc.yaml's outs name too
+NOT_DEPS = {
+    "motionpref",
+    "motionpref.config",
+    "motionpref.tracking",
+    "motionpref.progress",
+    "motionpref.cli",
+    "motionpref.pipeline.artifacts",
+}
+
+
+def dvc_stages() -> dict:
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return {stage.addressing: stage for stage in repo.index.stages}
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict:
+    return dvc_stages()
+
+
+def module_file(name: str) -> Path | None:
+    base = SRC.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_modules(name: str) -> set[str]:
+    """The motionpref modules ``name`` imports anywhere in its body (lazy imports included)."""
+    path = module_file(name)
+    assert path is not None, name
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("motionpref")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("motionpref"):
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}")}
+    return found
+
+
+def code_closure(name: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        current = todo.pop()
+        if current in seen or current in NOT_DEPS:
+            continue
+        seen.add(current)
+        todo += [m for m in imported_modules(current) if m not in seen]
+    return seen
+
+
+def covered(path: str, deps: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def stage_addresses() -> list[tuple[str, str | None]]:
+    spec = yaml.safe_load(DVC_YAML.read_text())["stages"]
+    out: list[tuple[str, str | None]] = []
+    for name, stage in spec.items():
+        if "foreach" in stage:
+            out += [(name, str(item)) for item in stage["foreach"]]
+        else:
+            out.append((name, None))
+    return out
+
+
+def test_every_stage_module_is_a_dvc_stage_run_by_its_module(resolved: dict) -> None:
+    names = {name for name, _ in stage_addresses()}
+    assert names == set(STAGES)
+    for address, stage in resolved.items():
+        name, _, item = address.partition("@")
+        assert (name in ITEM_STAGES) == bool(item), address
+        assert stage.cmd.split()[:3] == ["python", "-m", f"motionpref.pipeline.{name}"], address
+        assert stage.cmd.split()[3:] == ([item] if item else []), address
+
+
+@pytest.mark.parametrize(("name", "item"), stage_addresses())
+def test_deps_cover_the_code_a_stage_runs(name: str, item: str | None, resolved: dict) -> None:
+    stage = resolved[f"{name}@{item}" if item else name]
+    deps = [d.def_path for d in stage.deps if type(d).__name__ != "ParamsDependency"]
+    modules = code_closure(f"motionpref.pipeline.{name}")
+    files = sorted(str(module_file(m).relative_to(ROOT)) for m in modules if module_file(m).stat().st_size)
+    missing = [f for f in files if not covered(f, deps)]
+    assert not missing, f"{stage.addressing}: dvc.yaml deps miss code the stage runs: {missing}"
+    assert covered(f"src/motionpref/pipeline/{name}.py", deps)
+
+
+def test_the_dep_check_sees_lazy_and_transitive_imports() -> None:
+    closure = code_closure("motionpref.pipeline.finetune")
+    assert {"motionpref.train.dpo", "motionpref.train.ppo", "motionpref.models.generator"} <= closure
+    assert "motionpref.models.tokenizer" in closure  # through models.policy, never named by the stage
+    assert not covered("src/motionpref/train/ppo.py", ["src/motionpref/train/dpo.py", "src/motionpref/models"])
+
+
+@pytest.mark.parametrize(("name", "item"), stage_addresses())
+def test_our_params_resolution_is_dvcs(name: str, item: str | None, resolved: dict) -> None:
+    stage = resolved[f"{name}@{item}" if item else name]
+    theirs = [p for d in stage.deps if type(d).__name__ == "ParamsDependency" for p in d.params]
+    assert sorted(declared_params(DVC_YAML, name, item)) == sorted(theirs)
+
+
+def test_every_stage_lists_what_selects_its_values() -> None:
+    for name, item in stage_addresses():
+        declared = declared_params(DVC_YAML, name, item)
+        assert {"profile", "profiles", "seed"} <= set(declared), (name, item)
+
+
+def test_the_dpo_familys_beta_reruns_only_dpo() -> None:
+    readers = [(n, i) for n, i in stage_addresses() if "algo.beta" in declared_params(DVC_YAML, n, i)]
+    assert readers == [("finetune", "dpo")]
+
+
+def test_an_undeclared_read_fails_and_a_declared_one_passes() -> None:
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    view = DeclaredParams(params, "", ["seed", "algo.dpo", "algo.beta"], "finetune@dpo")
+    assert view.algo.dpo is params.algo.dpo  # a declared section comes back as the typed object itself
+    assert view.algo.beta == params.algo.beta and view.seed == params.seed
+    assert view.stage_seed("x") == params.stage_seed("x")
+    with pytest.raises(UndeclaredParamError, match=r"finetune@dpo reads params key 'algo\.sopo'"):
+        _ = view.algo.sopo
+    with pytest.raises(UndeclaredParamError, match="'data'"):
+        _ = view.data
+
+
+def test_a_planted_drift_in_dvc_yaml_fails_the_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop ``report`` from the report stage's params in a copy of dvc.yaml: the stage must refuse to read it."""
+    from motionpref import pipeline
+
+    spec = yaml.safe_load(DVC_YAML.read_text())
+    spec["stages"]["report"]["params"].remove("report")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(spec))
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    pipeline._dvc_stages.cache_clear()
+    try:
+        with pytest.raises(UndeclaredParamError, match="stage report reads params key 'report'"):
+            pipeline.run_stage("report", tmp_path / "params.yaml")
+    finally:
+        pipeline._dvc_stages.cache_clear()

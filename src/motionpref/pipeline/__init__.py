@@ -11,6 +11,7 @@ is. ``run_stage`` parses params.yaml once, opens the stage's MLflow run, seeds e
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 import random
@@ -46,10 +47,18 @@ def stage_module(name: str) -> Any:
     return importlib.import_module(f"motionpref.pipeline.{name}")
 
 
-def _summary(module: Any) -> str:
-    """The first paragraph of a stage module's docstring, without its ``Stage name:`` lead: the command's help."""
-    first = re.sub(r"^Stage [\w@<>]+: ", "", " ".join((module.__doc__ or "").split("\n\n")[0].split()))
-    return first[:1].upper() + first[1:]
+def _describe(name: str) -> tuple[str, bool]:
+    """A stage's help (the first paragraph of its module's docstring, without its ``Stage name:`` lead) and whether
+    it runs per item, read from the source: importing every stage here would import the one ``python -m`` runs
+    before it runs as ``__main__``."""
+    tree = ast.parse(Path(__path__[0], f"{name}.py").read_text(encoding="utf-8"))
+    first = " ".join((ast.get_docstring(tree) or "").split("\n\n")[0].split())
+    first = re.sub(r"^Stage [\w@<>]+: ", "", first)
+    per_item = any(
+        isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ITEM" for t in node.targets)
+        for node in tree.body
+    )
+    return first[:1].upper() + first[1:], per_item
 
 
 @dataclass
@@ -196,8 +205,6 @@ def main() -> None:
     app([name.replace("_", "-"), *sys.argv[1:]])
 
 
-# last: the stage modules import StageContext from here
-STAGES: dict[str, str] = {
-    name: _summary(importlib.import_module(f"motionpref.pipeline.{name}")) for name in _stage_names()
-}
-ITEM_STAGES = {name for name in STAGES if getattr(stage_module(name), "ITEM", None)}  # run once per item
+_DESCRIBED = {name: _describe(name) for name in _stage_names()}
+STAGES: dict[str, str] = {name: help_ for name, (help_, _) in _DESCRIBED.items()}
+ITEM_STAGES = {name for name, (_, per_item) in _DESCRIBED.items() if per_item}  # run once per item (evaluate@sft)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from sampling import _median_seconds  # the timing of the token-sampling benchmark (bench/ is on a script's path)
 
 from motionpref.config import DiffusionSamplingConfig, MDMConfig, MLDConfig, TextEncoderConfig
 from motionpref.io import write_json
@@ -38,23 +36,6 @@ CAPTIONS = [
     "a man kicks with the left leg",
 ]
 MIN_LEN, MAX_LEN = 40, 196  # HumanML3D's clip lengths
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up: allocator, kernels, lazy init
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def build(family: str, device: torch.device) -> tuple[DiffusionPolicy, torch.nn.Module]:

@@ -336,11 +336,15 @@ class PositionEmbeddingLearned1D(nn.Module):
         return x + self.pe[: x.shape[1], 0]
 
 
-class SkipTransformerEncoder(nn.Module):
-    """MLD's U-Net-like stack: each of the last (n - 1) / 2 layers also sees, through a linear layer, the output
-    of its mirror among the first (n - 1) / 2. Post-LN layers as MLD's DETR ones (torch's have the same weights)."""
+class SkipTransformer(nn.Module):
+    """MLD's U-Net-like stack (its SkipTransformerEncoder and SkipTransformerDecoder): each of the last (n - 1) / 2
+    layers also sees, through a linear layer, the output of its mirror among the first (n - 1) / 2. Post-LN layers
+    as MLD's DETR ones (torch's have the same weights). ``layer`` is an encoder layer, or a decoder layer whose
+    frame queries cross-attend to ``memory`` (the latent)."""
 
-    def __init__(self, layer: nn.TransformerEncoderLayer, num_layers: int, norm: nn.LayerNorm) -> None:
+    def __init__(
+        self, layer: nn.TransformerEncoderLayer | nn.TransformerDecoderLayer, num_layers: int, norm: nn.LayerNorm
+    ) -> None:
         super().__init__()
         if num_layers % 2 == 0:
             raise ValueError(f"num_layers must be odd, got {num_layers}")
@@ -355,43 +359,15 @@ class SkipTransformerEncoder(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, x: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, *memory: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        padding = {"tgt_key_padding_mask" if memory else "src_key_padding_mask": key_padding_mask}
         skips = []
         for block in self.input_blocks:
-            x = block(x, src_key_padding_mask=src_key_padding_mask)
+            x = block(x, *memory, **padding)
             skips.append(x)
-        x = self.middle_block(x, src_key_padding_mask=src_key_padding_mask)
+        x = self.middle_block(x, *memory, **padding)
         for block, linear in zip(self.output_blocks, self.linear_blocks, strict=True):
-            x = block(linear(torch.cat([x, skips.pop()], dim=-1)), src_key_padding_mask=src_key_padding_mask)
-        return self.norm(x)
-
-
-class SkipTransformerDecoder(nn.Module):
-    """The decoder counterpart of ``SkipTransformerEncoder``: frame queries cross-attend to the latent."""
-
-    def __init__(self, layer: nn.TransformerDecoderLayer, num_layers: int, norm: nn.LayerNorm) -> None:
-        super().__init__()
-        if num_layers % 2 == 0:
-            raise ValueError(f"num_layers must be odd, got {num_layers}")
-        blocks = (num_layers - 1) // 2
-        d = norm.normalized_shape[0]
-        self.input_blocks = nn.ModuleList(copy.deepcopy(layer) for _ in range(blocks))
-        self.middle_block = copy.deepcopy(layer)
-        self.output_blocks = nn.ModuleList(copy.deepcopy(layer) for _ in range(blocks))
-        self.linear_blocks = nn.ModuleList(nn.Linear(2 * d, d) for _ in range(blocks))
-        self.norm = norm
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-
-    def forward(self, x: Tensor, memory: Tensor, tgt_key_padding_mask: Tensor | None = None) -> Tensor:
-        skips = []
-        for block in self.input_blocks:
-            x = block(x, memory, tgt_key_padding_mask=tgt_key_padding_mask)
-            skips.append(x)
-        x = self.middle_block(x, memory, tgt_key_padding_mask=tgt_key_padding_mask)
-        for block, linear in zip(self.output_blocks, self.linear_blocks, strict=True):
-            x = block(linear(torch.cat([x, skips.pop()], dim=-1)), memory, tgt_key_padding_mask=tgt_key_padding_mask)
+            x = block(linear(torch.cat([x, skips.pop()], dim=-1)), *memory, **padding)
         return self.norm(x)
 
 
@@ -407,11 +383,11 @@ class MldVae(nn.Module):
         encoder_layer = nn.TransformerEncoderLayer(
             d, config.num_heads, config.vae_ff_size, config.dropout, activation=config.activation, batch_first=True
         )
-        self.encoder = SkipTransformerEncoder(encoder_layer, config.vae_num_layers, nn.LayerNorm(d))
+        self.encoder = SkipTransformer(encoder_layer, config.vae_num_layers, nn.LayerNorm(d))
         decoder_layer = nn.TransformerDecoderLayer(
             d, config.num_heads, config.vae_ff_size, config.dropout, activation=config.activation, batch_first=True
         )
-        self.decoder = SkipTransformerDecoder(decoder_layer, config.vae_num_layers, nn.LayerNorm(d))
+        self.decoder = SkipTransformer(decoder_layer, config.vae_num_layers, nn.LayerNorm(d))
         self.global_motion_token = nn.Parameter(torch.randn(2 * config.latent_size, d))
         self.skel_embedding = nn.Linear(config.feature_dim, d)
         self.final_layer = nn.Linear(d, config.feature_dim)
@@ -424,7 +400,7 @@ class MldVae(nn.Module):
         tokens = self.global_motion_token.expand(batch, -1, -1)
         seq = self.query_pos_encoder(torch.cat([tokens, self.skel_embedding(features)], dim=1))
         padding = torch.cat([torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=mask.device), ~mask], 1)
-        dist = self.encoder(seq, src_key_padding_mask=padding)[:, : tokens.shape[1]]
+        dist = self.encoder(seq, key_padding_mask=padding)[:, : tokens.shape[1]]
         mu, logvar = dist[:, : self.latent_size], dist[:, self.latent_size :]
         noise = torch.randn(mu.shape, generator=generator, device=_generator_device(generator)).to(mu)
         return mu + logvar.exp().sqrt() * noise, mu, logvar
@@ -432,7 +408,7 @@ class MldVae(nn.Module):
     def decode(self, z: Tensor, mask: Tensor) -> Tensor:
         """z (B, latent_size, d), mask (B, T) -> features (B, T, F), zero at padded frames (as MLD)."""
         queries = self.query_pos_decoder(z.new_zeros(mask.shape[0], mask.shape[1], z.shape[-1]))
-        out = self.final_layer(self.decoder(queries, z, tgt_key_padding_mask=~mask))
+        out = self.final_layer(self.decoder(queries, z, key_padding_mask=~mask))
         return out.masked_fill(~mask[..., None], 0.0)
 
 
@@ -456,7 +432,7 @@ class MldDenoiser(nn.Module):
         layer = nn.TransformerEncoderLayer(
             d, config.num_heads, config.denoiser_ff_size, config.dropout, activation=config.activation, batch_first=True
         )
-        self.encoder = SkipTransformerEncoder(layer, config.denoiser_num_layers, nn.LayerNorm(d))
+        self.encoder = SkipTransformer(layer, config.denoiser_num_layers, nn.LayerNorm(d))
 
     def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
         """sample (B, latent_size, d) noisy latents, timestep (B,), encoder_hidden_states (B, text_encoded_dim)

@@ -19,7 +19,9 @@ import platform
 from pathlib import Path
 
 import torch
-from sampling import _median_seconds  # the timing of the token-sampling benchmark (bench/ is on a script's path)
+
+# the token-sampling benchmark's captions and timer (bench/ is on a bench script's path)
+from sampling import CAPTIONS, _median_seconds
 
 from motionpref.config import DiffusionSamplingConfig, MDMConfig, MLDConfig, TextEncoderConfig
 from motionpref.io import write_json
@@ -27,14 +29,6 @@ from motionpref.models.diffusion import DiffusionPolicy, MDMPolicy, MLDPolicy, W
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "bench" / "diffusion_sampling.json"
-CAPTIONS = [
-    "a person walks forward and then turns around",
-    "a man jumps up twice with both feet",
-    "someone waves the right hand above the head",
-    "the person crouches down and stands back up slowly",
-    "a figure runs in a circle counterclockwise",
-    "a man kicks with the left leg",
-]
 MIN_LEN, MAX_LEN = 40, 196  # HumanML3D's clip lengths
 
 

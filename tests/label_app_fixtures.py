@@ -68,6 +68,8 @@ def pair_row(**fields: object) -> dict:
     row = {
         "prompt_id": f"q-{fields['pair_id']}",
         "program": None,
+        "group": f"prompt {fields['pair_id']}",
+        "split": "train",
         "seed_a": 0,
         "seed_b": 1,
         "temperature": 1.2,

@@ -177,6 +177,12 @@ def test_winrate_temperatures_are_positive_distinct_and_given(temperatures, erro
         parse_params(with_value(repo_params(), "winrate.temperatures", temperatures))
 
 
+def test_win_rates_are_on_first_samples_only():
+    with pytest.raises(ConfigError, match=r"winrate: .*sampling\.retries: win rates judge first samples"):
+        parse_params(with_value(repo_params(), "winrate.sampling.retries", 2))
+    assert parse_params(repo_params()).winrate.sampling.retries == 0
+
+
 @pytest.mark.parametrize(
     ("counts", "error"),
     [

@@ -20,8 +20,8 @@ from tests.policies import ARCHS, CAPTIONS, Recorder, job
 from tests.policies import tiny_policy as tiny_policy_without_dropout
 
 
-def train_dpo(policy, train, val, cfg, beta, lora, seed, out_dir, log_metric=None) -> dict[str, float]:  # noqa: ANN001
-    return dpo.run(job(Path(out_dir), lora, seed, beta, log_metric), cfg, dpo.DPOData(policy, train, val))
+def train_dpo(policy, train, val, cfg, beta, lora, seed, out_dir, log_metric=None, val_score=None) -> dict[str, float]:  # noqa: ANN001
+    return dpo.run(job(Path(out_dir), lora, seed, beta, log_metric), cfg, dpo.DPOData(policy, train, val, val_score))
 
 
 DEGREES = ["much_better", "better", "slightly_better", "negligible"]
@@ -50,7 +50,8 @@ TRAIN, VAL = toy_pairs(16), toy_pairs(8, offset=100)
 
 
 def config(**overrides: object) -> DPOConfig:
-    values: dict[str, object] = {"loss": "sigmoid", "epochs": 4, "batch_size": 8, "lr": 1e-2}
+    # the preference validation loss picks the epoch unless a test says otherwise: no evaluator here
+    values: dict[str, object] = {"loss": "sigmoid", "epochs": 4, "batch_size": 8, "lr": 1e-2, "select_by": "val_loss"}
     return DPOConfig(**{**values, **overrides})
 
 
@@ -69,9 +70,43 @@ def initial_reference(arch: str, pairs: list[PreferencePair], reduction: str) ->
     return reference_logprobs(Reference(tiny_policy(arch)), pairs, reduction)
 
 
-def test_logprob_reduction_is_mean_for_ipo_only() -> None:
-    assert logprob_reduction("ipo") == "mean"
-    assert [logprob_reduction(name) for name in ("sigmoid", "hinge", "kto")] == ["sum"] * 3
+def test_logprob_reduction_is_mean_for_ipo_only_unless_asked() -> None:
+    assert DPOConfig().ipo_form == "mean" and parse_params({}).algo.dpo.ipo_form == "mean"  # the paper's form
+    assert logprob_reduction(config(loss="ipo")) == "mean"
+    assert logprob_reduction(config(loss="ipo", ipo_form="sum")) == "sum"
+    for form in ("mean", "sum"):  # the option is IPO's alone
+        assert [logprob_reduction(config(loss=name, ipo_form=form)) for name in ("sigmoid", "hinge", "kto")] == [
+            "sum"
+        ] * 3
+
+
+def test_ipo_form_scores_answers_by_mean_or_summed_logprobs() -> None:
+    """The IPO validation loss of a moved policy against (h - 1 / (2 beta))^2 computed by hand from summed
+    log-probabilities, with each answer's log-ratio per token (over its length) or summed."""
+    policy = tiny_policy("t5")
+    ref = initial_reference("t5", VAL, "sum")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    policy.model.eval()
+    prompts = [policy.prompt(p.caption) for p in VAL]
+    with torch.no_grad():
+        sum_w = policy.sequence_logprobs(prompts, [p.chosen for p in VAL]).tolist()
+        sum_l = policy.sequence_logprobs(prompts, [p.rejected for p in VAL]).tolist()
+    losses = {}
+    for form in ("mean", "sum"):
+        expected = []
+        for i, pair in enumerate(VAL):
+            # an answer's tokens: start + codes + end + </s>
+            len_w, len_l = (len(pair.chosen) + 3, len(pair.rejected) + 3) if form == "mean" else (1, 1)
+            rho_w = (sum_w[i] - ref[0][i].item()) / len_w
+            rho_l = (sum_l[i] - ref[1][i].item()) / len_l
+            expected.append((rho_w - rho_l - 1 / (2 * BETA)) ** 2)
+        cfg = config(loss="ipo", ipo_form=form)
+        losses[form] = evaluate_pairs(policy, VAL, initial_reference("t5", VAL, form), cfg, BETA)["loss"]
+        assert losses[form] == pytest.approx(sum(expected) / len(expected), rel=1e-6)
+    assert abs(losses["mean"] - losses["sum"]) > 1e-3  # the pairs' lengths differ: so do the forms
 
 
 def test_pair_accuracy_counts_a_tie_as_half() -> None:
@@ -104,11 +139,12 @@ def test_dpo_learns_the_toy_preference(arch: str, lora: LoraConfig, tmp_path: Pa
     assert margin(saved, VAL) == pytest.approx(margin(policy, VAL), abs=1e-4)
 
 
-@pytest.mark.parametrize("loss", ["ipo", "hinge", "kto"])
-def test_every_loss_of_the_family_learns(loss: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("loss", "ipo_form"), [("ipo", "mean"), ("ipo", "sum"), ("hinge", "mean"), ("kto", "mean")])
+def test_every_loss_of_the_family_learns(loss: str, ipo_form: str, tmp_path: Path) -> None:
     policy = tiny_policy("t5")
     before = margin(policy, VAL)
-    metrics = train_dpo(policy, TRAIN, VAL, config(loss=loss), BETA, LORA, seed=0, out_dir=tmp_path)
+    cfg = config(loss=loss, ipo_form=ipo_form)
+    metrics = train_dpo(policy, TRAIN, VAL, cfg, BETA, LORA, seed=0, out_dir=tmp_path)
     assert metrics["val_accuracy"] >= 0.9
     assert margin(policy, VAL) > before
 
@@ -185,6 +221,53 @@ def test_select_by_accuracy_keeps_the_first_epoch_of_a_tie(tmp_path: Path) -> No
     # a trained epoch is always kept, even where the reference (all ties, accuracy 1/2) scored higher
     assert metrics["val0_accuracy"] == 0.5
     assert metrics["best_epoch"] == 1.0 and metrics["val_loss"] == record.series("dpo/val_loss")[0]
+
+
+class FakeScore:
+    """A ``val_score`` that rates the policy after epoch e ``scores[e - 1]`` and records how it found the policy
+    (training mode, gradients on)."""
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+        self.seen: list[tuple[bool, bool]] = []
+
+    def __call__(self, policy: MotionPolicy) -> float:
+        self.seen.append((policy.model.training, torch.is_grad_enabled()))
+        return self.scores[len(self.seen) - 1]
+
+
+def test_select_by_val_metric_is_the_default() -> None:
+    assert DPOConfig().select_by == "val_metric" and parse_params({}).algo.dpo.select_by == "val_metric"
+
+
+def test_select_by_val_metric_keeps_the_epoch_the_val_score_prefers(tmp_path: Path) -> None:
+    # The validation pairs agree with the training ones, so the validation loss falls epoch after epoch and
+    # would keep the last; the validation score prefers epoch 2.
+    scores = [0.4, 0.8, 0.5]
+    runs, records = {}, {}
+    for select_by in ("val_metric", "val_loss"):
+        records[select_by], score = Recorder(), FakeScore(scores)
+        cfg = config(epochs=3, select_by=select_by)
+        out = tmp_path / select_by
+        runs[select_by] = train_dpo(tiny_policy("t5"), TRAIN, VAL, cfg, BETA, LORA, 0, out, records[select_by], score)
+        assert score.seen == [(False, False)] * 3  # scored once an epoch, without dropout or gradients
+        assert records[select_by].series("dpo/val_metric") == scores  # logged whichever metric selects
+    metrics, record = runs["val_metric"], records["val_metric"]
+    losses = record.series("dpo/val_loss")
+    assert metrics["best_epoch"] == 2.0 and metrics["val_metric"] == 0.8 and metrics["val_loss"] == losses[1]
+    assert runs["val_loss"]["best_epoch"] == 3.0 and losses == sorted(losses, reverse=True)
+    # scoring does not disturb training: both runs trained alike
+    assert record.series("dpo/train_loss") == records["val_loss"].series("dpo/train_loss")
+    saved = evaluate_pairs(
+        MotionPolicy.load(tmp_path / "val_metric"), VAL, initial_reference("t5", VAL, "sum"), config(), BETA
+    )
+    assert saved["loss"] == pytest.approx(losses[1], abs=1e-4) and saved["loss"] > losses[2] + 1e-3
+
+
+def test_select_by_val_metric_needs_a_val_score(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="select_by val_metric needs a val_score"):
+        train_dpo(tiny_policy(), TRAIN, VAL, config(select_by="val_metric"), BETA, LORA, 0, tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------- determinism

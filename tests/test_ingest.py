@@ -12,21 +12,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from motionpref.models.generator import Generation
 from motionpref.prefs.ingest import (
     PREFERENCES_SCHEMA,
     assign_splits,
+    group_hash,
     ingest,
-    is_val,
-    split_key,
     stats_markdown,
     write_outputs,
 )
 from motionpref.prefs.labels import LabelError
+from motionpref.prefs.pairs import sample_pairs
+from motionpref.prefs.prompts import group_key, split_groups
 
 MARGINS = {"much_better": 3.0, "better": 2.0, "slightly_better": 1.0, "negligible": 0.0}
 
 
-def make_pairs(n: int) -> pd.DataFrame:
+def make_pairs(n: int, groups: list[str] | None = None, splits: list[str] | None = None) -> pd.DataFrame:
+    """``n`` pairs, each its own group (its prompt's text) unless ``groups`` says otherwise; every tenth in val
+    unless ``splits`` says otherwise."""
     return pd.DataFrame(
         {
             "pair_id": [f"p{i}" for i in range(n)],
@@ -37,6 +41,8 @@ def make_pairs(n: int) -> pd.DataFrame:
             "tokens_b": [[i, 7] for i in range(n)],
             "features_a": [f"m/{i}_a.npy" for i in range(n)],
             "features_b": [f"m/{i}_b.npy" for i in range(n)],
+            "group": groups or [f"prompt {i}" for i in range(n)],
+            "split": splits or ["val" if i % 10 == 9 else "train" for i in range(n)],
         }
     )
 
@@ -141,69 +147,158 @@ def test_agreement_of_first_two_labelers(conflict_files: list[Path]) -> None:
     }
 
 
-def test_split_is_stable_seeded_and_near_fraction(tmp_path: Path) -> None:
-    ids = [f"pair-{i}" for i in range(4000)]
-    val = [i for i in ids if is_val(i, 7, 0.1)]
-    assert 0.085 < len(val) / len(ids) < 0.115
-    assert val != [i for i in ids if is_val(i, 8, 0.1)]
+def test_a_preference_takes_its_pairs_split(tmp_path: Path) -> None:
     small = write_labels(tmp_path / "a.jsonl", [judgment(i, t=i) for i in range(40)])
     big = write_labels(tmp_path / "b.jsonl", [judgment(i, t=i) for i in range(200)])
-    split_small = run([small], make_pairs(200), seed=3).preferences.set_index("pair_id")["split"].to_dict()
-    split_big = run([big], make_pairs(200), seed=3).preferences.set_index("pair_id")["split"].to_dict()
+    pairs = make_pairs(200)
+    split_small = run([small], pairs, seed=3).preferences.set_index("pair_id")["split"].to_dict()
+    split_big = run([big], pairs, seed=4).preferences.set_index("pair_id")["split"].to_dict()
+    assert split_big == dict(zip(pairs["pair_id"], pairs["split"], strict=True))  # whatever the seed
     assert all(split_big[k] == v for k, v in split_small.items())  # adding pairs moves no old pair
-    assert {"train", "val"} == set(split_big.values())
 
 
-def _seed_where(ids: list[str], val_fraction: float, want_val: bool) -> int:
-    """The first seed whose plain hash split puts every one of `ids` in val (want_val) or in train."""
-    return next(s for s in range(10_000) if all(is_val(i, s, val_fraction) == want_val for i in ids))
-
-
-@pytest.mark.parametrize("n", [2, 3, 5])
-def test_few_preferences_still_fill_both_splits(tmp_path: Path, n: int) -> None:
+@pytest.mark.parametrize("n", [3, 4, 7])
+def test_few_preferences_still_fill_both_splits_by_whole_programs(tmp_path: Path, n: int) -> None:
     ids = [f"p{i}" for i in range(n)]
+    groups = [f"program {i // 2}" for i in range(n)]  # two pairs a program (paraphrases), the last maybe alone
     path = write_labels(tmp_path / "a.jsonl", [judgment(i, t=i) for i in range(n)])
 
-    seed = _seed_where(ids, 0.1, want_val=False)  # the hash split leaves val empty
-    result = run([path], make_pairs(n), seed=seed)
+    result = run([path], make_pairs(n, groups, ["train"] * n), seed=5)  # every preference from train programs
     split = result.preferences.set_index("pair_id")["split"].to_dict()
-    lowest = min(ids, key=lambda i: split_key(i, seed))
-    assert split == {i: "val" if i == lowest else "train" for i in ids}
-    assert result.stats["split"] == {"train": n - 1, "val": 1}
+    lowest = min(set(groups), key=lambda g: group_hash(g, 5))
+    assert split == {i: "val" if g == lowest else "train" for i, g in zip(ids, groups, strict=True)}
+    moved = groups.count(lowest)
+    assert result.stats["split"] == {"train": n - moved, "val": moved}
+    assert result.stats["split_programs"] == {"train": len(set(groups)) - 1, "val": 1}
+    assert result.stats["moved_to_fill_split"] == {"to": "val", "preferences": moved}
+    assert f"{moved} preference(s) of one program moved to val" in stats_markdown(result.stats)
 
-    seed = _seed_where(ids, 0.9, want_val=True)  # the hash split leaves train empty
-    result = run([path], make_pairs(n), val_fraction=0.9, seed=seed)
+    result = run([path], make_pairs(n, groups, ["val"] * n), seed=5)  # every preference from val programs
     split = result.preferences.set_index("pair_id")["split"].to_dict()
-    highest = max(ids, key=lambda i: split_key(i, seed))
-    assert split == {i: "train" if i == highest else "val" for i in ids}
-    assert result.stats["split"] == {"train": 1, "val": n - 1}
+    highest = max(set(groups), key=lambda g: group_hash(g, 5))
+    assert split == {i: "train" if g == highest else "val" for i, g in zip(ids, groups, strict=True)}
+    assert result.stats["moved_to_fill_split"] == {"to": "train", "preferences": groups.count(highest)}
 
 
-def test_one_preference_keeps_its_hash_side(tmp_path: Path) -> None:
-    path = write_labels(tmp_path / "a.jsonl", [judgment(0)])
-    seed = _seed_where(["p0"], 0.1, want_val=False)
-    assert run([path], make_pairs(1), seed=seed).preferences["split"].tolist() == ["train"]
+def test_one_program_cannot_fill_both_splits(tmp_path: Path) -> None:
+    path = write_labels(tmp_path / "a.jsonl", [judgment(i, t=i) for i in range(3)])
+    result = run([path], make_pairs(3, ["walk"] * 3, ["train"] * 3))
+    assert result.preferences["split"].tolist() == ["train"] * 3  # moving a pair would split the program
+    assert result.stats["moved_to_fill_split"] is None
+    one = write_labels(tmp_path / "b.jsonl", [judgment(0)])
+    assert run([one], make_pairs(1, splits=["val"])).preferences["split"].tolist() == ["val"]
 
 
-def test_large_runs_keep_exactly_the_hash_split(tmp_path: Path) -> None:
+def test_large_runs_keep_exactly_the_pairs_split(tmp_path: Path) -> None:
     path = write_labels(tmp_path / "a.jsonl", [judgment(i, t=i % 3600) for i in range(300)])
+    pairs = make_pairs(300)
     for seed in (0, 3, 11):
-        table = run([path], make_pairs(300), seed=seed).preferences
-        assert table["split"].tolist() == ["val" if is_val(p, seed, 0.1) else "train" for p in table["pair_id"]]
-        assert {"train", "val"} == set(table["split"])
+        result = run([path], pairs, seed=seed)
+        assert result.preferences["split"].tolist() == pairs["split"].tolist()
+        assert result.stats["moved_to_fill_split"] is None
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(min_size=1, max_size=8), max_size=12, unique=True), st.integers(0, 99), st.floats(0, 1))
-def test_split_fills_both_sides_and_moves_at_most_one_pair(ids: list[str], seed: int, fraction: float) -> None:
-    plain = ["val" if is_val(i, seed, fraction) else "train" for i in ids]
-    splits = assign_splits(ids, seed, fraction)
-    if len(ids) >= 2:
+@given(
+    st.lists(st.sampled_from("abcdef"), max_size=12),
+    st.dictionaries(st.sampled_from("abcdef"), st.sampled_from(["train", "val"]), min_size=6),
+    st.integers(0, 99),
+)
+def test_split_moves_at_most_one_whole_group(groups: list[str], side: dict[str, str], seed: int) -> None:
+    plain = [side[g] for g in groups]
+    splits = assign_splits(plain, groups, seed)
+    assert all(len({s for s, g in zip(splits, groups, strict=True) if g == group}) == 1 for group in set(groups))
+    if len(set(groups)) >= 2:
         assert {"train", "val"} == set(splits)
-    if len(ids) < 2 or {"train", "val"} == set(plain):
+    if len(set(groups)) < 2 or {"train", "val"} == set(plain):
         assert splits == plain
     else:
-        assert sum(a != b for a, b in zip(splits, plain, strict=True)) == 1
+        changed = {g for s, p, g in zip(splits, plain, groups, strict=True) if s != p}
+        assert len(changed) == 1
+
+
+def test_test_pairs_and_programs_on_both_sides_are_refused(tmp_path: Path) -> None:
+    path = write_labels(tmp_path / "a.jsonl", [judgment(0)])
+    where = "data/prefs/pairs.parquet"
+    with pytest.raises(ValueError, match=r"^data/prefs/pairs\.parquet: pair 'p1' \(prompt 'q1'\) is in the test"):
+        run([path], make_pairs(3, splits=["train", "test", "val"]), pairs_source=where)
+    with pytest.raises(ValueError, match=r"pair 'p2' has no split; expected one of \['train', 'val'\]"):
+        run([path], make_pairs(3).assign(split=["train", "val", None]), pairs_source=where)
+    crossing = make_pairs(3, ["walk", "walk", "clap"], ["train", "val", "train"])
+    with pytest.raises(ValueError, match=r"1 group\(s\) have pairs in both train and val, e.g. 'walk'"):
+        run([path], crossing)
+    with pytest.raises(ValueError, match=r"^data/prefs/pairs\.parquet: lacks column\(s\) \['split'\]"):
+        run([path], make_pairs(3).drop(columns="split"), pairs_source=where)
+
+
+class ProgramSampler:
+    """A motion per caption and seed; the seeds in ``bad`` stay invalid, so their prompts get no pair."""
+
+    def __init__(self, bad: set[int]) -> None:
+        self.bad = bad
+
+    def generate(self, captions, seeds, temperature=None) -> Generation:
+        feats = [None if s % 7 in self.bad else [[float(s % 5)]] for s in seeds]
+        return Generation(
+            feats, [[s % 3] for s in seeds], list(seeds), [1] * len(seeds), [f is not None for f in feats]
+        )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 7), st.booleans()), min_size=1, max_size=30),
+    st.lists(st.sampled_from(["a", "b", "skip"]), min_size=30, max_size=30),
+    st.sets(st.integers(0, 6), max_size=2),
+    st.integers(0, 2**16),
+)
+def test_no_program_crosses_splits_from_prompts_to_preferences(
+    prompt_spec: list[tuple[int, bool]], choices: list[str], bad: set[int], seed: int
+) -> None:
+    """Prompts (paraphrases of a few programs and some programless texts) split as generate_prompts splits them,
+    pairs sampled, labels drawn, preferences ingested: every program sits in one split all the way through, and
+    test prompts never reach a pair."""
+    programs = [f'{{"segments":[{{"primitive":"p{k}"}}]}}' if has else None for k, has in prompt_spec]
+    texts = [f"A person does move {k}, version {i}." for i, (k, _) in enumerate(prompt_spec)]
+    groups = [group_key(t, p) for t, p in zip(texts, programs, strict=True)]
+    split_of = split_groups(groups, {"train": 0.5, "val": 0.25, "test": 0.25}, seed)
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [f"q{i}" for i in range(len(texts))],
+            "text": texts,
+            "program": programs,
+            "source": ["synthetic" if p else "recombine" for p in programs],
+            "group": groups,
+            "split": [split_of[g] for g in groups],
+        }
+    )
+    pairs, _ = sample_pairs(prompts, ProgramSampler(bad), 1.2, seed, "h", lambda name, f: name)
+    assert "test" not in set(pairs["split"])
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = [
+            json.dumps(
+                {
+                    "pair_id": row.pair_id,
+                    "prompt": row.prompt,
+                    "choice": choice,
+                    "degree": None if choice == "skip" else "better",
+                    "labeler": "ann",
+                    "source": "human",
+                    "created_at": "2024-05-01T12:00:00Z",
+                }
+            ).encode()
+            for row, choice in zip(pairs.itertuples(), choices, strict=False)
+        ]
+        result = run([write_labels(Path(tmp) / "ann.jsonl", lines)], pairs, seed=seed)
+    prefs = result.preferences
+    for table, text in ((prompts, "text"), (pairs, "prompt"), (prefs, "prompt")):
+        keys = [group_key(t, p) for t, p in zip(table[text], table["program"], strict=True)]
+        assert (pd.Series(list(table["split"])).groupby(keys).nunique() == 1).all()
+    # across the tables too: a preference's program is never in another split in the prompts table
+    moved = result.stats["moved_to_fill_split"]
+    keys = [group_key(t, p) for t, p in zip(prefs["prompt"], prefs["program"], strict=True)]
+    for key, split in zip(keys, prefs["split"], strict=True):
+        assert split_of[key] == split or (moved is not None and split == moved["to"] and split_of[key] != "test")
+    assert not set(prefs["prompt_id"]) & set(prompts.loc[prompts["split"] == "test", "prompt_id"])
 
 
 def test_paper_counts_reproduce_the_paper_table(tmp_path: Path) -> None:
@@ -225,7 +320,7 @@ def test_paper_counts_reproduce_the_paper_table(tmp_path: Path) -> None:
     ):
         assert row in md
     assert result.stats["split"]["train"] + result.stats["split"]["val"] == 2216
-    assert 0.08 < result.stats["split"]["val"] / 2216 < 0.12
+    assert 0.08 < result.stats["split"]["val"] / 2216 < 0.12  # every tenth pair is in val
 
 
 def test_unknown_pair_and_prompt_mismatch_name_the_line(tmp_path: Path) -> None:

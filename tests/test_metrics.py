@@ -214,3 +214,68 @@ def test_evaluate_model_checks_the_sample_fn():
         evaluate_model(wrong_dim, entries[:10], evaluator, EvalSizes(), seed=0)
     with pytest.raises(ValueError, match="mm_num_repeats"):
         EvalSizes(mm_num_repeats=5, mm_times=10)
+
+
+# ------------------------------------------------------------------------ first samples and the retried column
+
+
+def _with_failures(real, fails):
+    """``real`` (a sample_fn) with the motion of every seed for which ``fails`` holds replaced by a standing pose."""
+
+    def sample(captions, lengths, seeds):
+        motions = real(captions, lengths, seeds)
+        return [np.zeros((40, D), np.float32) if fails(s) else m for m, s in zip(motions, seeds, strict=True)]
+
+    return sample
+
+
+def test_the_retried_column_rescores_only_the_resampled_motions():
+    entries, evaluator = tiny_setup()
+    real = ground_truth_sample_fn(entries)
+    first_fn = _with_failures(real, lambda s: s % 4 == 0)  # what a model gives first
+    retried_fn = _with_failures(real, lambda s: s % 8 == 0)  # the same, half of its failures fixed by retries
+    asked = {"captions": 0, "retried": 0}
+
+    def both(captions, lengths, seeds):
+        asked["captions"] += len(captions)
+        again = retried_fn(captions, lengths, seeds)
+        resampled = {i: again[i] for i, s in enumerate(seeds) if s % 4 == 0}
+        asked["retried"] += len(resampled)
+        return first_fn(captions, lengths, seeds), resampled
+
+    embedded: list[int] = []
+    embed_motions = evaluator.embed_motions
+    evaluator.embed_motions = lambda motions, batch=32: embedded.append(len(motions)) or embed_motions(motions, batch)
+    result = evaluate_model(both, entries, evaluator, SIZES, seed=3)
+    with_retried = sum(embedded)
+    embedded.clear()
+    first = evaluate_model(first_fn, entries, evaluator, SIZES, seed=3)
+    assert asked["retried"] > 0 and sum(embedded) + asked["retried"] == with_retried  # only those embedded again
+    evaluator.embed_motions = embed_motions
+
+    retried = result.pop("retried")
+    assert result == first  # the primary numbers are the first samples', failures scored as they came
+    full = evaluate_model(retried_fn, entries, evaluator, SIZES, seed=3)  # a whole second pass, for reference
+    assert set(retried) == set(full)
+    for k in METRICS:
+        assert retried[k] == pytest.approx(full[k], rel=1e-5, abs=1e-6)
+        np.testing.assert_allclose(retried["replications"][k], full["replications"][k], rtol=1e-5, atol=1e-6)
+    assert retried["fid"]["mean"] < first["fid"]["mean"]  # the resampled motions are real ones
+    assert "retried" not in evaluate_model(real, entries, evaluator, SIZES, seed=3)  # gt has none
+
+
+def test_evaluate_model_checks_retried_motions():
+    entries, evaluator = tiny_setup()
+    real = ground_truth_sample_fn(entries)
+
+    def out_of_range(captions, lengths, seeds):
+        return real(captions, lengths, seeds), {len(captions): np.zeros((40, D), np.float32)}
+
+    with pytest.raises(ValueError, match="retried indices .* out of range"):
+        evaluate_model(out_of_range, entries, evaluator, SIZES, seed=0)
+
+    def wrong_dim(captions, lengths, seeds):
+        return real(captions, lengths, seeds), {0: np.zeros((40, 10), np.float32)}
+
+    with pytest.raises(ValueError, match=r"sample_fn retried motion 0 .*expected un-normalised features"):
+        evaluate_model(wrong_dim, entries, evaluator, SIZES, seed=0)

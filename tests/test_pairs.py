@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+import pytest
 
 from motionpref.models.generator import Generation
 from motionpref.prefs.pairs import (
@@ -31,13 +33,17 @@ class FakeGenerator:
         return Generation(feats, [[s % 7] for s in seeds], list(seeds), [1] * len(seeds), valid)
 
 
-def prompts(n: int) -> pd.DataFrame:
+def prompts(n: int, splits: list[str] | None = None) -> pd.DataFrame:
+    """``n`` prompts without programs (each its own group), all train unless ``splits`` says otherwise."""
+    texts = [f"a person does thing {i}" for i in range(n)]
     return pd.DataFrame(
         {
             "prompt_id": [f"p{i:05d}" for i in range(n)],
-            "text": [f"a person does thing {i}" for i in range(n)],
+            "text": texts,
             "program": [None] * n,
             "source": ["recombine"] * n,
+            "group": texts,
+            "split": splits or ["train"] * n,
         }
     )
 
@@ -78,6 +84,31 @@ def test_prompts_with_a_hopeless_motion_get_no_pair() -> None:
     table, stats = sample_pairs(prompts(3), FakeGenerator(bad), 1.2, 0, "h", lambda n, f: n)
     assert table["prompt_id"].tolist() == ["p00000", "p00002"]
     assert stats["dropped_invalid"] == 1 and stats["prompts"] == 3
+
+
+def test_only_train_and_val_prompts_get_pairs_and_carry_their_split_and_group() -> None:
+    walk, clap, jump = (f'{{"segments":[{{"primitive":"{name}"}}]}}' for name in ("walk", "clap", "jump"))
+    table = prompts(6).assign(
+        program=[walk, clap, jump, walk, clap, jump],
+        group=[walk, clap, jump, walk, clap, jump],
+        split=["train", "val", "test", "train", "val", "test"],  # by program, as generate_prompts splits
+    )
+    pairs, stats = sample_pairs(table, FakeGenerator(), 1.2, 0, "h", lambda n, f: n)
+    assert pairs["prompt_id"].tolist() == ["p00000", "p00001", "p00003", "p00004"]  # no test prompt
+    assert pairs["split"].tolist() == ["train", "val", "train", "val"]
+    assert pairs["group"].tolist() == pairs["program"].tolist() == [walk, clap, walk, clap]
+    assert stats["prompts"] == 4 and stats["test_prompts_reserved"] == 2 and stats["split"] == {"train": 2, "val": 2}
+    with pytest.raises(ValueError, match=r"prompts lack column\(s\) \['split'\]"):
+        sample_pairs(table.drop(columns="split"), FakeGenerator(), 1.2, 0, "h", lambda n, f: n)
+
+
+def test_a_pairs_file_without_split_names_the_file_and_the_column(tmp_path: Path) -> None:
+    table, _ = sample_pairs(prompts(2), FakeGenerator(), 1.2, 0, "h", lambda n, f: n)
+    write_pairs(table, tmp_path / "pairs.parquet")
+    old = pq.read_table(tmp_path / "pairs.parquet").drop_columns(["split"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    with pytest.raises(ValueError, match=r"old\.parquet: pairs table lacks column\(s\) \['split'\]"):
+        read_pairs(tmp_path / "old.parquet")
 
 
 def test_directory_hash_follows_content(tmp_path: Path) -> None:

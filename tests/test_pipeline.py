@@ -35,6 +35,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     uri = f"sqlite:///{project / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     algorithms = ["dpo", "rlhf", "sopo"]
+    replicates = [f"{algo}_s{k}" for algo in algorithms for k in (1, 2)]  # the report's seed replicates
     plan: list[tuple[str, str | None]] = [
         *[
             (name, None)
@@ -44,6 +45,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
         ("evaluate", "sft"),
         *[(name, None) for name in ("generate_prompts", "sample_pairs", "label", "ingest_labels", "train_reward")],
         *[(stage, algo) for stage in ("finetune", "evaluate", "winrate") for algo in algorithms],
+        *[(stage, name) for stage in ("finetune", "evaluate") for name in replicates],
         ("report", None),
     ]
     assert {name for name, _ in plan} == set(STAGES)
@@ -88,6 +90,15 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     assert metrics["finetune@dpo"]["train_pairs"] == (prefs["split"] == "train").sum()
     comparison = json.loads((project / "reports" / "comparison.json").read_text())
     assert set(comparison["vs_baseline"]) == set(algorithms)
+    for algo in algorithms:  # three seeds each, and the seeds differ
+        per_seed = comparison["seed_gains"][algo]["r_precision_top1"]["per_seed"]
+        assert len(per_seed) == 3
+        seeds = {
+            json.loads((project / "reports" / "finetune" / f"{n}.json").read_text())["seed"]
+            for n in (algo, f"{algo}_s1", f"{algo}_s2")
+        }
+        assert len(seeds) == 3
+    assert set(comparison["retried"]) >= {"sft", *algorithms}  # the secondary, retried column
     assert len(comparison["winrates"]) == len(algorithms)  # the smoke profile's one temperature each
     assert "| dpo |" in (project / "reports" / "comparison.md").read_text()
 

@@ -16,7 +16,10 @@ from transformers import (
 
 from motionpref.config import LoraConfig, PPOConfig, SamplingConfig
 from motionpref.models.policy import MotionPolicy
+from motionpref.models.reward import RewardModel
+from motionpref.train import ppo as ppo_module
 from motionpref.train.ppo import (
+    NEFTune,
     PPOData,
     RunningMoments,
     ValueModel,
@@ -27,7 +30,6 @@ from motionpref.train.ppo import (
     kl_penalised_rewards,
     masked_whiten,
     motion_grammar,
-    neftune,
     scale_scores,
     token_stats,
 )
@@ -47,7 +49,7 @@ tiny_policy = partial(tiny_policy_without_dropout, dropout=0.1)
 def tiny_reward_model(arch: str, vocab_size: int) -> PreTrainedModel:
     torch.manual_seed(1)
     if arch == "t5":
-        config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2)
+        config = T5Config(vocab_size=vocab_size, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, num_labels=1)
         return T5ForSequenceClassification(config)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -57,6 +59,7 @@ def tiny_reward_model(arch: str, vocab_size: int) -> PreTrainedModel:
         num_attention_heads=2,
         num_key_value_heads=2,
         pad_token_id=0,
+        num_labels=1,
     )
     return LlamaForSequenceClassification(config)
 
@@ -198,27 +201,57 @@ def test_value_model_never_sees_later_tokens(policy_arch: str, value_arch: str) 
     policy = tiny_policy(policy_arch)
     reward_model = tiny_reward_model(value_arch, len(policy.tokenizer))
     before = {k: v.clone() for k, v in reward_model.state_dict().items()}
-    value_model = ValueModel(reward_model, head_std=0.2, generator=torch.Generator().manual_seed(0))
+    value_model = ValueModel(reward_model)
     disable_dropout(value_model)
-    assert torch.equal(value_model.head.bias, torch.zeros(1)) and 0.1 < value_model.head.weight.std().item() < 0.3
-    body = reward_model.base_model.state_dict()
-    assert all(torch.equal(v, body[k]) for k, v in value_model.body.state_dict().items())  # initialised from it
-    # Prompts of different lengths, so the decoder-only layout gathers from different columns per row.
-    prompts = [policy.prompt(CAPTIONS[0]), policy.prompt(CAPTIONS[1])]
-    original, edited = [[1, 2, 3, 4], [5, 6, 7]], [[1, 2, 9, 4], [5, 6, 7]]
+    # initialised from the whole reward model, head included
+    assert all(torch.equal(v, before[k]) for k, v in value_model.model.state_dict().items())
+    # Prompts of different lengths, so the layout gathers from different columns per row.
+    prompt_rows = policy.prompt_ids([policy.prompt(CAPTIONS[0]), policy.prompt(CAPTIONS[1])])
+    original = [policy.target_ids(c) for c in ([1, 2, 3, 4], [5, 6, 7])]
+    edited = [policy.target_ids(c) for c in ([1, 2, 9, 4], [5, 6, 7])]
     with torch.no_grad():
-        values = value_model(answer_layout(policy, prompts, original, value_model.config))
-        changed = value_model(answer_layout(policy, prompts, edited, value_model.config))
-        alone = value_model(answer_layout(policy, prompts[1:], original[1:], value_model.config))
+        values = value_model(prompt_rows, original)
+        changed = value_model(prompt_rows, edited)
+        alone = value_model(prompt_rows[1:], original[1:])
     # Code index 2 is answer token 3 (after start): values up to token 3 depend only on earlier tokens.
     assert torch.allclose(values[0, :4], changed[0, :4], atol=1e-6)
     assert not torch.allclose(values[0, 4:7], changed[0, 4:7], atol=1e-4)
     assert torch.allclose(values[1], changed[1], atol=1e-6)
     assert torch.allclose(values[1, :6], alone[0], atol=1e-5)  # padding does not leak in
     assert values[1, 6:].abs().sum() == 0
-    for param in value_model.body.parameters():
+    for param in value_model.parameters():
         param.data.add_(1.0)
     assert all(torch.equal(v, reward_model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_value_model_reads_the_reward_models_layout(arch: str) -> None:
+    policy = tiny_policy(arch)
+    reward = RewardModel.from_policy(policy, seed=3)
+    value_model = ValueModel(reward.model)
+    prompts = [policy.prompt(CAPTIONS[0]), policy.prompt(CAPTIONS[1])]
+    codes = [[1, 2, 3, 4], [5, 6]]
+    rows = reward.input_ids(prompts, codes)  # what the reward model was trained on
+    prompt_rows, targets = policy.prompt_ids(prompts), [policy.target_ids(c) for c in codes]
+    inputs = value_model.body_inputs(prompt_rows, targets)
+    padded = reward.tokenizer.pad({"input_ids": rows}, padding_side="right", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        values = value_model(prompt_rows, targets)
+    if arch == "t5":
+        # the decoder reads the reward model's decoder input token for token, the encoder the prompt row
+        # (up to padding: a padded row shifted as a whole moves its </s> into the padding, which nothing reads)
+        shifted = reward.model._shift_right(padded)
+        for row, ids in enumerate(rows):
+            assert torch.equal(inputs["decoder_input_ids"][row, : len(ids)], shifted[row, : len(ids)])
+        assert [inputs["input_ids"][row, : len(p)].tolist() for row, p in enumerate(prompt_rows)] == prompt_rows
+        # the last state (before the final </s>) is read where the reward model reads: the last decoder position
+        assert [len(p) + len(t) - 1 for p, t in zip(prompt_rows, targets, strict=True)] == [len(r) - 1 for r in rows]
+    else:
+        assert torch.equal(inputs["input_ids"], padded)
+        # at initialisation the value of each state is the reward model's score of that prefix
+        for row, (p, t) in enumerate(zip(prompt_rows, targets, strict=True)):
+            prefix_scores = reward.score_ids([rows[row][: len(p) + k] for k in range(len(t))])
+            assert torch.allclose(values[row, : len(t)], prefix_scores, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -232,25 +265,57 @@ def test_disable_dropout_makes_training_forwards_deterministic(arch: str) -> Non
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_neftune_noise_only_in_training_forwards(arch: str) -> None:
+def test_neftune_noise_is_drawn_once_per_sample_and_replayed(arch: str) -> None:
     policy = tiny_policy(arch, dropout=0.0)
-    layout = answer_layout(policy, [policy.prompt(CAPTIONS[0])], [[1, 2, 3]], policy.model.config)
+    prompts = [policy.prompt(CAPTIONS[0]), policy.prompt(CAPTIONS[1]), policy.prompt(CAPTIONS[2])]
+    codes = [[1, 2, 3], [4, 5, 6, 7, 8], [2]]
     model = policy.model
 
-    def logits(train: bool) -> torch.Tensor:
-        model.train(train)
+    def logits(rows: list[int]) -> torch.Tensor:
+        layout = answer_layout(policy, [prompts[i] for i in rows], [codes[i] for i in rows], model.config)
         with torch.no_grad():
-            return model(**layout.inputs).logits
+            return layout.select(model(**layout.inputs).logits)[layout.mask]
 
-    clean = logits(True)
-    with neftune(model, 0.1):
-        assert torch.equal(logits(False), clean)
-        noisy = logits(True)
-        assert not torch.allclose(noisy, clean, atol=1e-6)
-        assert not torch.equal(noisy, logits(True))
-    assert torch.equal(logits(True), clean)
-    with neftune(model, None):
-        assert torch.equal(logits(True), clean)
+    clean = logits([0, 1, 2])
+    noise = NEFTune(0.1, torch.Generator().manual_seed(0))
+    noise.attach(model)
+    assert torch.equal(logits([0, 1, 2]), clean)  # no noise outside rows(): generation stays clean
+    with noise.rows([0, 1, 2]):
+        noisy = logits([0, 1, 2])
+    assert not torch.allclose(noisy, clean, atol=1e-6)
+    with noise.rows([2, 0]):  # a narrower mini-batch of the same samples replays their noise
+        replay = logits([2, 0])
+    first = len(policy.target_ids(codes[0]))
+    assert torch.allclose(replay[-first:], noisy[:first], atol=1e-5)
+    noise.new_rollout()
+    with noise.rows([0, 1, 2]):
+        assert not torch.allclose(logits([0, 1, 2]), noisy, atol=1e-6)
+    noise.detach()
+    assert torch.equal(logits([0, 1, 2]), clean)
+
+
+@pytest.mark.parametrize(("arch", "lora"), [("t5", NO_LORA), ("causal", NO_LORA), ("t5", LoraConfig(dropout=0.3))])
+def test_first_update_starts_at_ratio_one(arch: str, lora: LoraConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    # dropout in the policy config and in LoRA, NEFTune on: PPO must remove the one and replay the other
+    policy = tiny_policy(arch, dropout=0.3)
+    reward_model = tiny_reward_model(arch, len(policy.tokenizer))
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    loss = ppo_module.clipped_policy_loss
+
+    def spy(logprobs, old_logprobs, advantages, mask, clip_range):  # noqa: ANN001, ANN202
+        calls.append((logprobs.detach(), old_logprobs, mask))
+        return loss(logprobs, old_logprobs, advantages, mask, clip_range)
+
+    monkeypatch.setattr(ppo_module, "clipped_policy_loss", spy)
+    config = fast_config(steps=1, lr=1e-2, neftune_alpha=0.1, lora=lora.enabled)
+    train_ppo(policy, fraction_of_target, reward_model, CAPTIONS, config, lora, seed=0)
+    logprobs, old, mask = calls[0]
+    ratio = torch.exp(logprobs - old)[mask]
+    # float32 rounding only: the rollout batch is wider (padding) than the mini-batch, so the sums round differently
+    assert (ratio - 1).abs().max().item() < 1e-5
+    assert 0.5 * ((logprobs - old)[mask] ** 2).mean().item() < 1e-12  # approx KL
+    # the later mini-batches follow updates, so they move: the check above is not vacuous
+    assert max((torch.exp(lp - o)[m] - 1).abs().max().item() for lp, o, m in calls[1:]) > 1e-4
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -260,7 +325,7 @@ def test_ppo_raises_the_reward(arch: str, lora: LoraConfig) -> None:
     reward_model = tiny_reward_model(arch, len(policy.tokenizer))
     before = mean_reward(policy)
     logged: dict[str, list[tuple[int, float]]] = {}
-    config = fast_config(lr=3e-2 if lora.enabled else 2e-3)
+    config = fast_config(lr=3e-2 if lora.enabled else 2e-3, lora=lora.enabled)
     result = train_ppo(
         policy,
         fraction_of_target,
@@ -301,7 +366,9 @@ def test_lora_policy_saves_as_a_plain_model(tmp_path: Path) -> None:
     policy = tiny_policy("t5")
     initial = {k: v.clone() for k, v in policy.model.state_dict().items()}
     reward_model = tiny_reward_model("t5", len(policy.tokenizer))
-    train_ppo(policy, fraction_of_target, reward_model, CAPTIONS, fast_config(steps=2, lr=3e-2), LoraConfig(), 0)
+    train_ppo(
+        policy, fraction_of_target, reward_model, CAPTIONS, fast_config(steps=2, lr=3e-2, lora=True), LoraConfig(), 0
+    )
     state = policy.model.state_dict()
     assert set(state) == set(initial)
     assert not torch.equal(
@@ -326,7 +393,9 @@ def test_ppo_is_deterministic_for_a_seed(lora: LoraConfig) -> None:
     def run(seed: int) -> dict[str, torch.Tensor]:
         policy = tiny_policy("t5")
         reward_model = tiny_reward_model("t5", len(policy.tokenizer))
-        train_ppo(policy, fraction_of_target, reward_model, CAPTIONS, fast_config(steps=2), lora, seed)
+        train_ppo(
+            policy, fraction_of_target, reward_model, CAPTIONS, fast_config(steps=2, lora=lora.enabled), lora, seed
+        )
         return policy.model.state_dict()
 
     first, again, other = run(0), run(0), run(1)

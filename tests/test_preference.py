@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import LlamaForCausalLM, T5ForConditionalGeneration
 
 from motionpref.config import LoraConfig, PreferenceFilter
@@ -328,11 +329,23 @@ def test_finish_loads_the_kept_epoch_and_refuses_a_renamed_key(tmp_path: Path) -
     finetune = job(tmp_path / "out", LoraConfig())
     finetune.start(policy, lr=1e-3, weight_decay=0.0)
     kept = trainable_state(policy.model)
-    name = next(iter(kept))
+    name = next(k for k in kept if "lora_B" in k)  # B starts at 0: moving A alone would not show in the merge
     with torch.no_grad():
         dict(policy.model.named_parameters())[name].add_(1.0)  # training moved on after the kept epoch
     finetune.finish(policy, kept)
-    assert (tmp_path / "out").is_dir()  # saved, with the kept weights merged in
+    # saved with the kept weights merged in: what a job that never moved saves
+    untouched = tiny_policy("t5")
+    same = job(tmp_path / "untouched", LoraConfig())
+    same.start(untouched, lr=1e-3, weight_decay=0.0)
+    same.finish(untouched)
+    saved, expected = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("out", "untouched"))
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
+    partial = tiny_policy("t5")
+    finetune = job(tmp_path / "partial", LoraConfig())
+    finetune.start(partial, lr=1e-3, weight_decay=0.0)
+    with pytest.raises(ValueError, match="lack trainable tensors"):
+        finetune.finish(partial, {k: v for k, v in trainable_state(partial.model).items() if k != name})
+    assert not (tmp_path / "partial").exists()
     again = tiny_policy("t5")
     finetune = job(tmp_path / "renamed", LoraConfig())
     finetune.start(again, lr=1e-3, weight_decay=0.0)
@@ -340,3 +353,26 @@ def test_finish_loads_the_kept_epoch_and_refuses_a_renamed_key(tmp_path: Path) -
     with pytest.raises(ValueError, match="unknown keys"):
         finetune.finish(again, renamed)
     assert not (tmp_path / "renamed").exists()
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_score_sees_the_bare_policy_without_dropout_or_gradients(lora: bool, tmp_path: Path) -> None:
+    from tests.policies import job
+
+    policy = tiny_policy("t5", dropout=0.1)
+    finetune = job(tmp_path, LORA if lora else LoraConfig(enabled=False))
+    finetune.start(policy, lr=1e-3, weight_decay=0.0)
+    policy.model.train()
+    prepared = policy.model
+    seen = []
+
+    def val_score(p: MotionPolicy) -> float:
+        seen.append((p.model is finetune.accelerator.unwrap_model(prepared), p.model.training, torch.is_grad_enabled()))
+        return 0.25
+
+    assert finetune.score(policy, val_score) == 0.25
+    assert seen == [(True, False, False)]
+    assert policy.model is prepared and policy.model.training  # handed back as training left it
+    with pytest.raises(ValueError, match="validation score of the policy is nan"):
+        finetune.score(policy, lambda p: float("nan"))
+    assert policy.model is prepared and policy.model.training

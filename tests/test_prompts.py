@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from motionpref.config import LLMEndpoint
+from motionpref.config import LLMEndpoint, SplitFractions
 from motionpref.motion.text import parse_caption_line
 from motionpref.prefs.prompts import (
     COLUMNS,
@@ -23,6 +25,7 @@ from motionpref.prefs.prompts import (
     PromptError,
     Recombiner,
     generate_prompts,
+    group_key,
     normalise,
     parse_reply,
     read_novel_programs,
@@ -30,6 +33,8 @@ from motionpref.prefs.prompts import (
     read_prompts,
     reference_captions,
     request_prompts,
+    split_groups,
+    split_sizes,
     write_prompts,
 )
 from motionpref.synth.programs import Program
@@ -195,7 +200,8 @@ def test_prompts_are_deterministic_and_prefix_stable(synthetic_root):
     other, _ = generate_prompts(synthetic_root, {"synthetic": 10}, seed=6)
     assert other["text"].tolist() != a["text"].tolist()
     fewer, _ = generate_prompts(synthetic_root, {"synthetic": 6}, seed=5)
-    pd.testing.assert_frame_equal(fewer, a.head(6))
+    # the split is drawn over every program kept, so only the prompts themselves are prefix-stable
+    pd.testing.assert_frame_equal(fewer.drop(columns="split"), a.head(6).drop(columns="split"))
 
 
 def test_familiar_prompts_are_new_programs_of_the_training_distribution(synthetic_root):
@@ -214,7 +220,7 @@ def test_familiar_prompts_are_new_programs_of_the_training_distribution(syntheti
     assert all(novelty.held_out_in(p) for p in novel)
     # adding a backend leaves the prompts of the others as they were
     alone, _ = generate_prompts(synthetic_root, {"synthetic": 4}, seed=0)
-    pd.testing.assert_frame_equal(alone, table.head(4))
+    pd.testing.assert_frame_equal(alone.drop(columns="split"), table.head(4).drop(columns="split"))
 
 
 @pytest.mark.parametrize(
@@ -446,6 +452,102 @@ def test_llm_backend_in_generate_prompts(fake_llm, real_root):
     with pytest.warns(UserWarning, match=r"llm prompts: kept 0 of 2 after 4 candidates"):
         table, stats = generate_prompts(real_root, {"llm": 2}, seed=0, llm=endpoint, max_candidates_factor=2)
     assert table.empty and stats["dropped"]["exact_reference"] == 4
+
+
+# ------------------------------------------------------------------------------------------------ split
+
+SMOKE_SPLIT = SplitFractions(train=0.5, val=0.25, test=0.25)
+
+
+def test_group_key_is_the_program_else_the_normalised_text():
+    walk = '{"segments":[{"primitive":"walk","speed":"normal","count":4,"amplitude":"normal"}]}'
+    assert group_key("A man walks, slowly!", walk) == walk
+    assert group_key("A man walks, slowly!", None) == group_key("a man walks slowly", None) == "a man walks slowly"
+
+
+def test_split_sizes_by_hand():
+    assert split_sizes(600, {"train": 0.8, "val": 0.1, "test": 0.1}) == {"train": 480, "val": 60, "test": 60}
+    assert split_sizes(16, SMOKE_SPLIT.model_dump()) == {"train": 8, "val": 4, "test": 4}
+    # 12 groups: 9.6 / 1.2 / 1.2 floor to 9 / 1 / 1, and the one left goes to the largest remainder (train)
+    assert split_sizes(12, {"train": 0.8, "val": 0.1, "test": 0.1}) == {"train": 10, "val": 1, "test": 1}
+    # 3 groups round to 3 / 0 / 0: each empty split takes one from the largest
+    assert split_sizes(3, {"train": 0.8, "val": 0.1, "test": 0.1}) == {"train": 1, "val": 1, "test": 1}
+    assert split_sizes(2, {"train": 0.8, "val": 0.1, "test": 0.1}) == {"train": 2, "val": 0, "test": 0}
+    with pytest.raises(ValueError, match="positive and sum to 1"):
+        split_sizes(3, {"train": 0.5, "val": 0.1, "test": 0.1})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 60),
+    st.lists(st.integers(1, 20), min_size=1, max_size=4).map(lambda w: {f"s{i}": x / sum(w) for i, x in enumerate(w)}),
+)
+def test_split_sizes_round_by_largest_remainder_and_leave_no_split_empty(n, fractions):
+    sizes = split_sizes(n, fractions)
+    assert list(sizes) == list(fractions) and sum(sizes.values()) == n
+    lifted = 0
+    if n >= len(fractions):
+        assert min(sizes.values()) >= 1
+        lifted = sum(n * f < 1 for f in fractions.values())
+    # rounding puts a split less than one group off its share, the lift of empty splits moves at most `lifted`
+    assert all(abs(sizes[k] - n * f) < 1 + lifted for k, f in fractions.items())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from("abcdefghijkl"), max_size=40), st.integers(0, 2**32 - 1))
+def test_split_groups_depends_on_the_set_of_groups_alone(keys, seed):
+    fractions = SMOKE_SPLIT.model_dump()
+    split = split_groups(keys, fractions, seed)
+    assert set(split) == set(keys)
+    assert split == split_groups([*reversed(keys), *keys], fractions, seed)  # order and repeats do not matter
+    sizes = split_sizes(len(set(keys)), fractions)
+    assert {name: list(split.values()).count(name) for name in fractions} == sizes
+
+
+def test_split_groups_is_seeded():
+    keys = [f"g{i}" for i in range(40)]
+    fractions = SMOKE_SPLIT.model_dump()
+    assert split_groups(keys, fractions, 1) == split_groups(keys, fractions, 1)
+    assert split_groups(keys, fractions, 1) != split_groups(keys, fractions, 2)
+
+
+def test_every_program_is_in_one_split(synthetic_root):
+    novel = {p.to_json() for p in read_novel_programs(synthetic_root)}
+    n = 3 * len(novel)  # each program paraphrased three times
+    table, stats = generate_prompts(synthetic_root, {"synthetic": n}, seed=2, split=SMOKE_SPLIT)
+    assert len(table) == n and (table["group"] == table["program"]).all()
+    assert (table.groupby("program")["split"].nunique() == 1).all()  # no program crosses splits
+    assert (table.groupby("program").size() >= 2).all()  # which the paraphrases would have, split by prompt
+    sizes = split_sizes(len(novel), SMOKE_SPLIT.model_dump())
+    assert {name: stats["split"][name]["programs"] for name in sizes} == sizes
+    assert {name: stats["split"][name]["prompts"] for name in sizes} == {
+        name: int((table["split"] == name).sum()) for name in sizes
+    }
+    again, _ = generate_prompts(synthetic_root, {"synthetic": n}, seed=2, split=SMOKE_SPLIT)
+    pd.testing.assert_frame_equal(again, table)
+
+
+def test_prompts_without_a_program_are_each_their_own_group(real_root):
+    table, stats = generate_prompts(real_root, {"recombine": 12}, seed=1, min_count=1)
+    assert table["group"].tolist() == [normalise(t) for t in table["text"]] and table["group"].is_unique
+    assert table["split"].value_counts().to_dict() == {"train": 10, "val": 1, "test": 1}  # the 0.8/0.1/0.1 default
+    assert stats["split"]["test"] == {"prompts": 1, "programs": 1}
+
+
+def test_prompt_tables_without_a_split_or_with_a_program_in_two_splits_are_refused(synthetic_root, tmp_path):
+    table, _ = generate_prompts(synthetic_root, {"synthetic": 20}, seed=0, split=SMOKE_SPLIT)
+    old = tmp_path / "old.parquet"
+    table.drop(columns=["group", "split"]).to_parquet(old)
+    with pytest.raises(ValueError, match=r"old\.parquet: lacks column\(s\) \['group', 'split'\]"):
+        read_prompts(old)
+    rows = table.index[table["program"] == table["program"].iloc[0]]
+    crossing = table.copy()
+    crossing.loc[rows[0], "split"] = "test" if table.loc[rows[0], "split"] != "test" else "train"
+    with pytest.raises(ValueError, match=r"1 group\(s\) span several splits"):
+        write_prompts(crossing, tmp_path / "crossing.parquet")
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['holdout'\]"):
+        write_prompts(table.assign(split="holdout"), tmp_path / "holdout.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.parquet"]
 
 
 # ------------------------------------------------------------------------------------------------ files

@@ -25,17 +25,73 @@ def metrics_report(r1: list[float], fid: list[float]) -> dict:
     return {"metrics": summary, "replications": reps}
 
 
-def test_paired_difference_by_hand() -> None:
+T_975_DF2 = 4.302652729749464  # Student t quantile, 97.5%, 2 degrees of freedom (tables)
+T_975_DF9 = 2.262157162798205
+
+
+def test_paired_difference_is_a_student_t_interval() -> None:
     d = paired_difference([0.5, 0.6, 0.7], [0.4, 0.6, 0.5])  # differences 0.1, 0.0, 0.2
     assert d["mean"] == pytest.approx(0.1)
-    std = math.sqrt((0.0**2 + 0.1**2 + 0.1**2) / 3)  # population std, as the metrics' intervals
-    assert d["ci95"] == pytest.approx(1.96 * std / math.sqrt(3))
+    sd = math.sqrt((0.0**2 + 0.1**2 + 0.1**2) / 2)  # sample sd (n - 1)
+    assert d["ci95"] == pytest.approx(T_975_DF2 * sd / math.sqrt(3))
+    assert d["ci95"] > 1.96 * math.sqrt((0.0**2 + 0.1**2 + 0.1**2) / 3) / math.sqrt(3)  # wider than the old 1.96 σ
     assert d["n"] == 3
+    # t = 0.1 / (0.1 / √3) = √3 on 2 degrees of freedom: p = 1 - t / √(t² + 2) = 1 - √3 / √5 (closed form for df 2)
+    assert d["p"] == pytest.approx(1 - math.sqrt(3) / math.sqrt(5))
 
 
-def test_paired_difference_rejects_unequal_series() -> None:
+def test_a_gain_significant_under_the_old_interval_is_not_under_the_t_interval() -> None:
+    # ten paired differences whose mean sits between the two half-widths: 1.96 σ/√n excludes 0, the t interval not
+    diffs = [0.017, -0.003] * 5  # mean 0.7 σ: above 1.96 / √10 = 0.62 σ, below 2.262 · √(10/9) / √10 = 0.75 σ
+    mean, n = sum(diffs) / 10, 10
+    pop = math.sqrt(sum((x - mean) ** 2 for x in diffs) / n)
+    sample = math.sqrt(sum((x - mean) ** 2 for x in diffs) / (n - 1))
+    assert mean > 1.96 * pop / math.sqrt(n)  # the old interval called this a gain
+    d = paired_difference([0.5 + x for x in diffs], [0.5] * 10)
+    assert d["ci95"] == pytest.approx(T_975_DF9 * sample / math.sqrt(n))
+    assert verdict(d, True) == "within"
+
+
+def test_paired_difference_rejects_unequal_or_single_series() -> None:
     with pytest.raises(ReportError, match="equal"):
         paired_difference([0.5, 0.6], [0.4])
+    with pytest.raises(ReportError, match="2 or more"):
+        paired_difference([0.5], [0.4])
+
+
+def test_seed_gains_rest_on_the_seeds_and_mark_only_intervals_excluding_zero() -> None:
+    base = [0.45, 0.50, 0.55]
+    sft = metrics_report(base, [0.2] * 3)
+    steady = [metrics_report([b + g for b in base], [0.2] * 3) for g in (0.02, 0.03, 0.025)]
+    noisy = [metrics_report([b + g for b in base], [0.2] * 3) for g in (0.05, -0.04, 0.02)]
+    comparison = compare_models(
+        {"sft": sft, "dpo": steady[0], "sopo": noisy[0]}, "sft", replicates={"dpo": steady, "sopo": noisy}
+    )
+    gains = comparison["seed_gains"]
+    dpo = gains["dpo"]["r_precision_top1"]
+    assert dpo["per_seed"] == pytest.approx([0.02, 0.03, 0.025])
+    assert dpo["mean"] == pytest.approx(0.025)
+    assert dpo["ci95"] == pytest.approx(T_975_DF2 * 0.005 / math.sqrt(3))
+    assert dpo["verdict"] == "better"
+    assert gains["sopo"]["r_precision_top1"]["verdict"] == "within"  # seed 0 alone (+0.05) would look like a gain
+    assert comparison["vs_baseline"]["sopo"]["r_precision_top1"]["verdict"] == "better"
+    text = markdown(comparison, [])
+    assert "## Gains over `sft` across seed replicates" in text
+    assert "| dpo | +0.025 ± 0.012 ▲ |" in text
+    assert "+0.050, -0.040, +0.020" in text
+    with pytest.raises(ReportError, match="2 or more replicates"):
+        compare_models({"sft": sft, "dpo": steady[0]}, "sft", replicates={"dpo": steady[:1]})
+
+
+def test_retried_metrics_are_a_secondary_table() -> None:
+    sft = metrics_report([0.5, 0.4], [0.1, 0.1])
+    sft["retried"] = {"metrics": {"r_precision_top1": {"mean": 0.47, "ci95": 0.01}, "invalid_after_retries": 3}}
+    comparison = compare_models({"sft": sft}, "sft")
+    assert comparison["retried"]["sft"]["invalid_after_retries"] == 3
+    text = markdown(comparison, [])
+    first, second = text.index("**first samples**"), text.index("## Secondary: with invalid samples resampled")
+    assert first < second
+    assert "| sft | 0.470 ± 0.010 | 3 |" in text
 
 
 @pytest.mark.parametrize(
@@ -70,7 +126,7 @@ def test_pairing_cancels_what_the_models_share() -> None:
 
 def test_missing_baseline_and_replications_are_named() -> None:
     with pytest.raises(ReportError, match="baseline 'sft'"):
-        compare_models({"dpo": metrics_report([0.5], [0.1])}, "sft")
+        compare_models({"dpo": metrics_report([0.5, 0.6], [0.1, 0.1])}, "sft")
     broken = {"metrics": {}, "replications": {}}
     with pytest.raises(ReportError, match=r"reports/metrics/dpo.json: no replications.r_precision_top1"):
         compare_models({"sft": metrics_report([0.5], [0.1]), "dpo": broken}, "sft", {"dpo": "reports/metrics/dpo.json"})
@@ -129,3 +185,5 @@ def test_report_config_needs_an_evaluated_baseline() -> None:
 
     with pytest.raises(ConfigError, match="report"):
         parse_params({"report": {"baseline": "dpo", "models": ["gt", "sft"]}}, "params.yaml")
+    with pytest.raises(ConfigError, match=r"replicated \['rlhf'\]"):
+        parse_params({"report": {"models": ["gt", "sft", "dpo"], "replicated": ["dpo", "rlhf"]}}, "params.yaml")

@@ -35,11 +35,15 @@ BETA = 0.1
 LORA = LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0)
 METRICS = (
     "loss",
+    "preferred_term",
+    "unpreferred_term",
+    "beta_w",
+    "beta_w_min",
+    "beta_w_max",
     "valuable_fraction",
     "unpreferred_score",
     "best_sample_score",
     "similarity",
-    "beta_w",
     "invalid_rate",
     "preferred_logratio",
 )
@@ -66,15 +70,25 @@ def test_semi_online_pairs_hand_computation() -> None:
     assert loser[[0, 1, 3]].tolist() == [1, 1, 0]
     torch.testing.assert_close(score[[0, 1, 3]], torch.tensor([0.5, 0.2, 1.0]))
     assert valuable.tolist() == [False, True, False, False]  # 0.5 and 1.0 are not below 0.45; row 2 has none
-    # S(x_w): the largest cosine of the dataset motion to a valid sample. Row 0: -0.6, 0.8 (the invalid sample's
-    # 1.0 is ignored); row 1: -0.8, 0.6, 0; row 2: no valid sample, 0; row 3: -1 with its only valid sample.
-    torch.testing.assert_close(similarity, torch.tensor([0.8, 0.6, 0.0, -1.0]))
+    # S(x_w), Eq. 14: the lowest score cos / 2 + 0.5 of the dataset motion to a valid sample. Row 0: cosines -0.6,
+    # 0.8 (the invalid sample's 1.0 is ignored); row 1: -0.8, 0.6, 0; row 2: no valid sample, 0; row 3: -1 with its
+    # only valid sample.
+    torch.testing.assert_close(similarity, torch.tensor([0.2, 0.1, 0.0, 0.0]))
+    closest = semi_online_pairs(text, preferred, samples, valid, tau=0.45, s_w="max")
+    torch.testing.assert_close(closest[3], torch.tensor([0.9, 0.8, 0.0, 0.0]))  # the named variant: the closest
+    for a, b in zip(closest[:3], (loser, score, valuable), strict=True):  # S(x_w) alone depends on s_w
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="s_w must be 'min' or 'max', got 'mean'"):
+        semi_online_pairs(text, preferred, samples, valid, tau=0.45, s_w="mean")
     # tau is a strict upper bound, and never makes a caption without a valid sample valuable
     assert semi_online_pairs(text, preferred, samples, valid, tau=0.5)[2].tolist() == [False, True, False, False]
     assert semi_online_pairs(text, preferred, samples, valid, tau=0.6)[2].tolist() == [True, True, False, False]
     assert semi_online_pairs(text, preferred, samples, valid, tau=1.0)[2].tolist() == [True, True, False, False]
     everything = semi_online_pairs(text, preferred, samples, torch.ones_like(valid), tau=0.45)
     assert everything[0][0].item() == 2 and everything[1][0].item() == pytest.approx(0.2)
+    assert everything[3][0].item() == pytest.approx(0.2)
+    # counted once valid, the identical third sample is the closest (score 1.0), never the farthest
+    everything = semi_online_pairs(text, preferred, samples, torch.ones_like(valid), tau=0.45, s_w="max")
     assert everything[3][0].item() == pytest.approx(1.0)
 
 
@@ -149,16 +163,23 @@ def test_train_sopo_runs_logs_and_saves_a_loadable_policy(run_sopo: Run) -> None
     metrics, record, out = run_sopo(variant="sopo", tau=0.45)
     steps = 2 * 2  # epochs * ceil(4 clips / batch 2)
     assert metrics["steps"] == steps and metrics["epochs"] == 2.0
-    assert set(metrics) == {*METRICS, "steps", "epochs"}
+    assert set(metrics) == {*METRICS, "first_loss", "steps", "epochs"}
     for name in METRICS:
         assert [s for n, _, s in record.logged if n == f"sopo/{name}"] == list(range(1, steps + 1)), name
     assert all(math.isfinite(v) for v in metrics.values())
-    # the last epoch's means are what is returned
+    # the last epoch's means are what is returned, but beta_w's extremes are the run's
     assert metrics["loss"] == pytest.approx(np.mean(record.series("loss")[2:]))
     assert metrics["valuable_fraction"] == pytest.approx(np.mean(record.series("valuable_fraction")[2:]))
-    # policy == reference at the first step (LoRA's B starts at zero): the loss is -log sigma(0)
-    assert record.series("loss")[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert metrics["unpreferred_term"] == pytest.approx(np.mean(record.series("unpreferred_term")[2:]))
+    assert metrics["beta_w_min"] == min(record.series("beta_w_min"))
+    assert metrics["beta_w_max"] == max(record.series("beta_w_max"))
+    for low, mean, high in zip(*(record.series(n) for n in ("beta_w_min", "beta_w", "beta_w_max")), strict=True):
+        assert BETA * (2.0 - 1.0) - 1e-6 <= low <= mean + 1e-6 and mean <= high + 1e-6 <= BETA * 2.0 + 2e-6
+    # policy == reference at the first step (LoRA's B starts at zero): the loss is -log sigma(0), both terms 0
+    assert record.series("loss")[0] == pytest.approx(math.log(2), abs=1e-6) == metrics["first_loss"]
     assert record.series("preferred_logratio")[0] == pytest.approx(0.0, abs=1e-6)
+    assert record.series("preferred_term")[0] == pytest.approx(0.0, abs=1e-6)
+    assert record.series("unpreferred_term")[0] == pytest.approx(0.0, abs=1e-6)
     assert all(0.0 <= s <= 1.0 for s in record.series("unpreferred_score"))
     loaded = MotionPolicy.load(out)
     assert not (out / "adapter_config.json").exists()  # the adapters are merged into a plain model
@@ -195,6 +216,62 @@ def test_variants_differ_exactly_where_the_paper_says(run_sopo: Run, tmp_path: P
     assert not same_weights(tmp_path / "dsopo-0.0", tmp_path / "sopo_no_vu-0.0")
 
 
+@pytest.mark.parametrize("variant", ["dsopo", "usopo", "sopo_no_vu", "sopo"])
+@pytest.mark.parametrize("s_w", ["min", "max"])
+def test_beta_w_is_beta_times_c_minus_s_per_sample(
+    run_sopo: Run, monkeypatch: pytest.MonkeyPatch, variant: str, s_w: str
+) -> None:
+    """What each step hands the loss, caption by caption: beta_w = beta (C - S(x_w)) where the variant reweights
+    (beta elsewhere), S(x_w) from ``semi_online_pairs`` with the configured ``s_w``, and the filter's mask."""
+    pairs: list[tuple[torch.Tensor, torch.Tensor, str]] = []
+    handed: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy_pairs(*args: object) -> tuple[torch.Tensor, ...]:
+        out = semi_online_pairs(*args)  # type: ignore[arg-type]
+        pairs.append((out[3], out[2], str(args[5])))
+        return out
+
+    loss = sopo.sopo_loss
+
+    def spy_loss(*args: torch.Tensor) -> torch.Tensor:  # (pw, ref_w, pl, ref_l, beta_w, beta, valuable)
+        handed.append((args[4].detach().cpu(), args[6].cpu()))
+        return loss(*args)
+
+    monkeypatch.setattr(sopo, "semi_online_pairs", spy_pairs)
+    monkeypatch.setattr(sopo, "sopo_loss", spy_loss)
+    c = 2.0 if s_w == "min" else 1.5
+    _, record, _ = run_sopo(variant=variant, tau=0.9, c=c, s_w=s_w)
+    assert len(pairs) == len(handed) == 4 and {s for _, _, s in pairs} == {s_w}
+    for (similarity, valuable, _), (beta_w, used) in zip(pairs, handed, strict=True):
+        assert similarity.shape == beta_w.shape == (2,)
+        if variant in ("sopo_no_vu", "sopo"):
+            torch.testing.assert_close(beta_w, BETA * (c - similarity))
+        else:
+            torch.testing.assert_close(beta_w, torch.full((2,), BETA))
+        # the filter: the variants with it train the loser only where it scored below tau
+        assert torch.equal(used, valuable) if variant in ("usopo", "sopo") else used.all()
+    assert record.series("beta_w_min") == pytest.approx([float(b.min()) for b, _ in handed])
+    assert record.series("beta_w_max") == pytest.approx([float(b.max()) for b, _ in handed])
+
+
+def test_s_w_defaults_to_the_min_and_max_is_never_below_it(run_sopo: Run) -> None:
+    assert SoPoConfig().s_w == "min"
+    _, low, _ = run_sopo("min")
+    _, high, _ = run_sopo("max", s_w="max")
+    # the first step samples the same K motions (same seed, policy = reference): the closest is at least as close
+    assert high.series("similarity")[0] >= low.series("similarity")[0]
+    assert high.series("beta_w")[0] <= low.series("beta_w")[0]
+
+
+def test_logged_terms_make_the_loss(run_sopo: Run) -> None:
+    # one caption a step: the logged loss is exactly -log sigma(preferred_term - unpreferred_term)
+    _, record, _ = run_sopo(batch_size=1, epochs=1, tau=1.0)
+    terms = zip(record.series("preferred_term"), record.series("unpreferred_term"), strict=True)
+    expected = [-torch.nn.functional.logsigmoid(torch.tensor(p - u)).item() for p, u in terms]
+    assert record.series("loss") == pytest.approx(expected, abs=1e-5)
+    assert record.series("loss")[-1] != pytest.approx(math.log(2), abs=1e-4)  # it trained
+
+
 @dataclass
 class HopelessGenerator(MotionGenerator):
     """Every sample of a caption in ``hopeless`` comes back invalid (no features), as when a policy never
@@ -215,7 +292,9 @@ def test_captions_without_a_valid_sample_have_no_loser(
     config = SoPoConfig(variant=variant, tau=tau, k=2, epochs=2, batch_size=4, lr=1e-2)
     sampling = SamplingConfig(max_new_tokens=16, retries=2)
     record = Recorder("sopo/")
-    generator = HopelessGenerator(MotionPolicy.load(sft_dir), vqvae, MEAN, STD, sampling, frozenset(CAPTIONS[:1]))
+    generator = HopelessGenerator(
+        MotionPolicy.load(sft_dir), vqvae, MEAN, STD, sampling, hopeless=frozenset(CAPTIONS[:1])
+    )
     train_sopo(generator, scorer, EXAMPLES, MOTIONS, config, BETA, LORA, 0, tmp_path / "one", record)
     assert record.series("invalid_rate") == [0.25, 0.25]  # the first of four captions, both samples
     assert record.series("valuable_fraction") == [0.75, 0.75]
@@ -223,7 +302,7 @@ def test_captions_without_a_valid_sample_have_no_loser(
     # Nothing valid at all: no caption has a loser, S(x_w) = 0, and the preferred term alone still trains. (Were
     # the stand-in loser, the dataset motion itself, not masked out, dsopo's two terms would cancel exactly.)
     record = Recorder("sopo/")
-    generator = HopelessGenerator(MotionPolicy.load(sft_dir), vqvae, MEAN, STD, sampling, frozenset(CAPTIONS))
+    generator = HopelessGenerator(MotionPolicy.load(sft_dir), vqvae, MEAN, STD, sampling, hopeless=frozenset(CAPTIONS))
     config = config.model_copy(update={"lr": 1e-3})  # small steps: the log-ratio rises without overshooting
     metrics = train_sopo(generator, scorer, EXAMPLES, MOTIONS, config, BETA, LORA, 0, tmp_path / "none", record)
     assert record.series("invalid_rate") == [1.0, 1.0] and record.series("valuable_fraction") == [0.0, 0.0]

@@ -14,7 +14,6 @@ from motionpref.evaluate.winrate import (
     held_out_prompts,
     markdown,
     prompt_seeds,
-    train_prompt_ids,
     verdict,
     wilson_interval,
     winrate_study,
@@ -29,8 +28,12 @@ from motionpref.prefs.judges import Perception, make_judge
 from motionpref.prefs.prompts import write_prompts
 
 K = 16
-WALK = '{"segments":[{"primitive":"walk","speed":"normal","count":4,"amplitude":"normal"}]}'
-CLAP = '{"segments":[{"primitive":"clap","speed":"normal","count":2,"amplitude":"normal"}]}'
+WALK, CLAP, WALK2, CLAP3 = (
+    f'{{"segments":[{{"primitive":"{name}","speed":"normal","count":{count},"amplitude":"normal"}}]}}'
+    for name, count in (("walk", 4), ("clap", 2), ("walk", 2), ("clap", 3))
+)
+# by program, as generate_prompts splits: two programs held out for the win rates
+SPLIT_OF = {WALK: "train", CLAP: "val", WALK2: "test", CLAP3: "test"}
 
 
 # ---- the interval -----------------------------------------------------------------------------------------
@@ -56,42 +59,33 @@ def test_wilson_interval_matches_hand_computation() -> None:
 
 
 def prompt_table(n: int) -> pd.DataFrame:
-    programs = [WALK if i % 2 else CLAP for i in range(n)]
+    """Prompt i paraphrases program i % 4 of SPLIT_OF; texts are the two the tiny policies know."""
+    programs = [list(SPLIT_OF)[i % 4] for i in range(n)]
     return pd.DataFrame(
         {
             "prompt_id": [f"p{i:03d}" for i in range(n)],
-            "text": ["a man walks forward" if p == WALK else "someone claps" for p in programs],
-            "program": list(programs),
+            "text": ["a man walks forward" if '"walk"' in p else "someone claps" for p in programs],
+            "program": programs,
             "source": ["synthetic"] * n,
+            "group": programs,
+            "split": [SPLIT_OF[p] for p in programs],
         }
     )
 
 
-def write_preferences(path: Path, train: Sequence[str], val: Sequence[str]) -> None:
-    ids = [*train, *val]
-    pd.DataFrame({"prompt_id": ids, "split": ["train"] * len(train) + ["val"] * len(val)}).to_parquet(path)
-
-
-def test_held_out_prompts_exclude_the_train_split(tmp_path: Path) -> None:
+def test_held_out_prompts_are_the_test_split_alone() -> None:
     prompts = prompt_table(20)
-    write_preferences(tmp_path / "prefs.parquet", train=[f"p{i:03d}" for i in range(0, 20, 2)], val=["p001"])
-    train = train_prompt_ids(tmp_path / "prefs.parquet")
-    assert train == {f"p{i:03d}" for i in range(0, 20, 2)}  # the val prompt is held out
-    picked = held_out_prompts(prompts, train, 4, seed=3)
-    assert len(picked) == 4 and not set(picked["prompt_id"]) & train
-    assert picked.equals(held_out_prompts(prompts, train, 4, seed=3))
+    test_ids = {f"p{i:03d}" for i in range(20) if i % 4 in (2, 3)}  # WALK2 and CLAP3
+    picked = held_out_prompts(prompts, 4, seed=3)
+    assert len(picked) == 4 and set(picked["prompt_id"]) <= test_ids and set(picked["split"]) == {"test"}
+    assert picked.equals(held_out_prompts(prompts, 4, seed=3))
+    assert not picked.equals(held_out_prompts(prompts, 4, seed=4))
     assert list(picked["prompt_id"]) == sorted(picked["prompt_id"])  # in the table's order
-    assert set(held_out_prompts(prompts, train, 100, seed=3)["prompt_id"]) == {f"p{i:03d}" for i in range(1, 20, 2)}
-    with pytest.raises(ValueError, match="none is held out"):
-        held_out_prompts(prompts, set(prompts["prompt_id"]), 4, seed=3)
-
-
-def test_train_prompt_ids_name_the_file_at_fault(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.parquet: missing"):
-        train_prompt_ids(tmp_path / "missing.parquet")
-    pd.DataFrame({"prompt_id": ["p0"]}).to_parquet(tmp_path / "nosplit.parquet")
-    with pytest.raises(ValueError, match="nosplit.parquet: expected a parquet table with columns prompt_id and split"):
-        train_prompt_ids(tmp_path / "nosplit.parquet")
+    assert set(held_out_prompts(prompts, 100, seed=3)["prompt_id"]) == test_ids  # fewer than asked: all of them
+    # no train or val program is ever studied, whatever was labelled
+    assert not set(held_out_prompts(prompts, 100, seed=3)["program"]) & {WALK, CLAP}
+    with pytest.raises(ValueError, match="data/prompts.parquet: none of the 20 prompts is in the test split"):
+        held_out_prompts(prompts.assign(split="train"), 4, seed=3, where="data/prompts.parquet")
 
 
 def test_prompt_seeds_are_stable_per_prompt() -> None:
@@ -237,6 +231,29 @@ class RecordingRun:
         self.artifacts.append(Path(path))
 
 
+def test_an_invalid_first_sample_is_that_models_failure() -> None:
+    """Through the simulated labelers: a finetuned model that never produces a motion loses or ties every pair
+    (never wins), and each of its samples counts as invalid; the supervised motions are what they are."""
+    prompts = prompt_table(4)
+    judge = make_judge(LabelsConfig(), prompts, HUMANML3D, lambda: pytest.fail("no scorer"), "prompts")
+    motion = np.zeros((40, HUMANML3D.feature_dim), np.float32)
+
+    class Sampler:
+        def __init__(self, valid: bool) -> None:
+            self.valid = valid
+
+        def generate(self, captions, seeds, temperature=None) -> Generation:
+            n = len(captions)
+            if self.valid:
+                return Generation([motion] * n, [[1, 2]] * n, list(seeds), [1] * n, [True] * n)
+            return Generation([None] * n, [[] for _ in range(n)], list(seeds), [1] * n, [False] * n)
+
+    (cell,) = winrate_study(Sampler(True), {"broken": Sampler(False)}, prompts, [1.0], judge, seed=0)["cells"]
+    assert cell["invalid"] == {"sft": 0, "finetuned": 4} and cell["win"]["count"] == 0
+    assert cell["score"]["finetuned"]["mean"] == 0.0  # nothing scored: no stand-in motion of any length
+    assert parse_params({}).winrate.sampling.retries == 0  # first samples by default: no second chance
+
+
 def test_stage_writes_reports_for_held_out_prompts(tmp_path: Path, vqvae: MotionVQVAE) -> None:
     from motionpref.pipeline import winrate as stage
 
@@ -247,7 +264,6 @@ def test_stage_writes_reports_for_held_out_prompts(tmp_path: Path, vqvae: Motion
     tiny_policy(0).save(tmp_path / "data/models/policy_sft")
     (tmp_path / "data/prefs").mkdir()
     write_prompts(prompt_table(8), tmp_path / "data/prefs/prompts.parquet")
-    write_preferences(tmp_path / "data/prefs/preferences.parquet", ["p000", "p001", "p002", "p003", "p004"], ["p005"])
     params = parse_params({"winrate": {"temperatures": [1.5], "prompts": 10, "sampling": {"max_new_tokens": 12}}})
     run = RecordingRun()
     ctx = StageContext(root=tmp_path, run=run, item="dpo")  # type: ignore[arg-type]
@@ -257,8 +273,19 @@ def test_stage_writes_reports_for_held_out_prompts(tmp_path: Path, vqvae: Motion
     tiny_policy(1).save(tmp_path / "data/models/policy_dpo")
     metrics = stage.run(params, ctx)
     report = json.loads((tmp_path / "reports/winrate/dpo.json").read_text())
-    assert report["prompts"] == 3  # p005 (val), p006, p007: the train split is never studied
+    assert report["prompts"] == report["test_prompts"] == 4  # p002, p003, p006, p007: the test programs' prompts
     assert report["seed"] == params.stage_seed(f"winrate:{params.algo.seed}")
     rates = [metrics[f"dpo/t1.5/{o}"] for o in ("win", "tie", "loss")]
-    assert sum(rates) == pytest.approx(1.0) and report["cells"][0]["n"] == 3
+    assert sum(rates) == pytest.approx(1.0) and report["cells"][0]["n"] == 4
     assert run.artifacts == [tmp_path / "reports/winrate/dpo.md", tmp_path / "reports/winrate/dpo.png"]
+
+    # labels play no part: preferences appearing (here, unreadable ones) leave the study as it was
+    (tmp_path / "data/prefs/preferences.parquet").write_bytes(b"not a parquet file")
+    stage.run(params, ctx)
+    assert json.loads((tmp_path / "reports/winrate/dpo.json").read_text()) == report
+
+    # winrate.prompts caps the pool: a seeded subset of the test prompts
+    capped = parse_params({"winrate": {"temperatures": [1.5], "prompts": 3, "sampling": {"max_new_tokens": 12}}})
+    stage.run(capped, ctx)
+    report = json.loads((tmp_path / "reports/winrate/dpo.json").read_text())
+    assert (report["prompts"], report["test_prompts"], report["cells"][0]["n"]) == (3, 4, 3)

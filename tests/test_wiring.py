@@ -145,7 +145,7 @@ def test_every_stage_lists_what_selects_its_values() -> None:
 
 def test_the_dpo_familys_beta_reruns_only_dpo() -> None:
     readers = [(n, i) for n, i in stage_addresses() if "algo.beta" in declared_params(DVC_YAML, n, i)]
-    assert readers == [("finetune", "dpo")]
+    assert readers == [("finetune", "dpo"), ("finetune", "dpo_s1"), ("finetune", "dpo_s2")]
 
 
 def test_an_undeclared_read_fails_and_a_declared_one_passes() -> None:
@@ -177,3 +177,33 @@ def test_a_planted_drift_in_dvc_yaml_fails_the_stage(tmp_path: Path, monkeypatch
             pipeline.run_stage("report", tmp_path / "params.yaml")
     finally:
         pipeline._dvc_stages.cache_clear()
+
+
+def test_every_seed_replicate_the_report_reads_is_trained_evaluated_and_a_dep(resolved: dict) -> None:
+    from motionpref.pipeline import artifacts
+
+    report = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8")), "params.yaml").report
+    assert report.seeds >= 3 and report.replicated  # the headline gains rest on three seeds or more
+    for model in report.replicated:
+        for k in range(report.seeds):
+            name = artifacts.replicate(model, k)
+            assert f"finetune@{name}" in resolved and f"evaluate@{name}" in resolved
+            assert artifacts.policy(name) in [o.def_path for o in resolved[f"finetune@{name}"].outs]
+            assert artifacts.model_metrics(name) in [d.def_path for d in resolved["report"].deps]
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"), [("dpo", ("dpo", 0)), ("dpo_s2", ("dpo", 2)), ("sopo", ("sopo", 0)), ("sopo_s1", ("sopo", 1))]
+)
+def test_a_replicate_item_names_its_algorithm_and_seed_offset(item: str, expected: tuple[str, int]) -> None:
+    from motionpref.pipeline.finetune import _algorithm
+
+    assert _algorithm(item) == expected
+
+
+@pytest.mark.parametrize("item", ["ppo", "dpo_s", "dpo_s01", "dpo_sx", "x_s1"])
+def test_an_unknown_finetune_item_is_refused(item: str) -> None:
+    from motionpref.pipeline.finetune import _algorithm
+
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        _algorithm(item)

@@ -4,11 +4,16 @@ Each metric follows text-to-motion's ``utils/metrics.py`` and ``final_evaluation
 ``mGPT/metrics/t2m.py`` computes the same): R-precision and MM Dist over batches of 32 pairs,
 FID between generated and real motion embeddings, Diversity over random pairs, MultiModality over
 repeated generations of one text; every number averaged over replications with a 95% interval.
+
+A model is scored on its first samples, as MotionGPT's protocol does: an invalid sample is not drawn again but
+scored as the failure motion its sampler returns for it. A sampler may also say what resampling the invalid ones
+gave; the same protocol then scores a second, retried column, on the same captions, crops, seeds and random draws,
+in which only those motions differ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from scipy import linalg
@@ -18,7 +23,11 @@ from motionpref.config import EvalSizes
 from motionpref.models.evaluator import CaptionedClip, Evaluator, random_crop
 from motionpref.progress import track
 
-SampleFn = Callable[[list[str], list[int], list[int]], list[np.ndarray]]
+# A sampler answers with its motions, or with the pair (first, retried) of ``models.generator.Samples``: the first
+# samples (an invalid one already the failure motion) and, by index, what resampling each invalid one gave.
+Retried = dict[int, np.ndarray]
+Sampled = list[np.ndarray] | tuple[list[np.ndarray], Retried]
+SampleFn = Callable[[list[str], list[int], list[int]], Sampled]
 METRICS = (
     "r_precision_top1",
     "r_precision_top2",
@@ -142,29 +151,105 @@ def multimodality(emb: np.ndarray, times: int, rng: np.random.Generator) -> floa
 
 
 def confidence_interval(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, 1.96 * std / sqrt(n)) over replications, std the population std (``np.std``) as the original."""
+    """(mean, 1.96 * std / sqrt(n)) over replications, std the population std (``np.std``) as the original.
+
+    This is the field's convention (Guo et al. 2022's ``final_evaluations.py``, and every text-to-motion table
+    since), kept so that a model's numbers read as the papers' do; it is a normal interval, narrower than a
+    Student t interval at 10 or 20 replications. Differences between models are the report's, with t intervals.
+    """
     v = np.asarray(values, np.float64)
     if v.size == 0:
         raise ValueError("no values")
     return float(v.mean()), float(1.96 * v.std() / np.sqrt(v.size))
 
 
-def _generate(
-    sample_fn: SampleFn, captions: list[str], lengths: list[int], seeds: list[int], dim: int, min_frames: int
-) -> list[np.ndarray]:
-    out = sample_fn(captions, lengths, seeds)
-    if len(out) != len(captions):
-        raise ValueError(f"sample_fn returned {len(out)} motions for {len(captions)} captions")
-    motions = []
-    for i, m in enumerate(out):
+def split_samples(
+    out: Sampled, captions: Sequence[str], dim: int, min_frames: int
+) -> tuple[list[np.ndarray], Retried | None]:
+    """(first motions, retried motions by index, or None from a sampler that does not retry) of a ``sample_fn``'s
+    answer for ``captions``, each motion checked to be un-normalised features (T >= min_frames, dim)."""
+    first, retried = out if isinstance(out, tuple) else (out, None)
+    if len(first) != len(captions):
+        raise ValueError(f"sample_fn returned {len(first)} motions for {len(captions)} captions")
+    if retried is not None and not set(retried) <= set(range(len(captions))):
+        raise ValueError(f"sample_fn retried indices {sorted(set(retried) - set(range(len(captions))))} out of range")
+
+    def checked(i: int, m: np.ndarray, what: str) -> np.ndarray:
         m = np.asarray(m, np.float32)
         if m.ndim != 2 or m.shape[1] != dim or len(m) < min_frames:
             raise ValueError(
-                f"sample_fn motion {i} (caption {captions[i]!r}): expected un-normalised features "
+                f"sample_fn {what} {i} (caption {captions[i]!r}): expected un-normalised features "
                 f"(T >= {min_frames}, {dim}), got shape {m.shape}"
             )
-        motions.append(m)
-    return motions
+        return m
+
+    motions = [checked(i, m, "motion") for i, m in enumerate(first)]
+    if retried is None:
+        return motions, None
+    return motions, {i: checked(i, m, "retried motion") for i, m in retried.items()}
+
+
+def _generate(
+    sample_fn: SampleFn,
+    captions: list[str],
+    lengths: list[int],
+    seeds: list[int],
+    sizes: EvalSizes,
+    dim: int,
+    description: str,
+) -> tuple[list[np.ndarray], Retried | None]:
+    """``split_samples`` over chunks of ``sizes.generate_batch`` captions, retried indices made global."""
+    motions: list[np.ndarray] = []
+    retried: Retried | None = None
+    chunk = sizes.generate_batch
+    for s in track(range(0, len(captions), chunk), description=description, total=-(-len(captions) // chunk)):
+        sl = slice(s, s + chunk)
+        first, again = split_samples(
+            sample_fn(captions[sl], lengths[sl], seeds[sl]), captions[sl], dim, sizes.unit_length
+        )
+        if s and (again is None) != (retried is None):
+            raise ValueError("sample_fn returned retried motions for some captions only; answer every call alike")
+        motions += first
+        if again is not None:
+            retried = {} if retried is None else retried
+            retried.update({s + i: m for i, m in again.items()})
+    return motions, retried
+
+
+def _splice(emb: np.ndarray, retried: Mapping[int, np.ndarray], evaluator: Evaluator, batch: int) -> np.ndarray:
+    """``emb`` with the rows of the resampled motions replaced by theirs. The evaluator embeds a clip the same
+    whatever its batch (``Evaluator.motion_batch``), so only the resampled motions need embedding: the others keep
+    their first-sample embeddings exactly."""
+    out = emb.copy()
+    if retried:
+        rows = sorted(retried)
+        out[rows] = evaluator.embed_motions([retried[i] for i in rows], batch)
+    return out
+
+
+def _matching_and_fid(
+    text_emb: np.ndarray, gen_emb: np.ndarray, real_emb: np.ndarray, sizes: EvalSizes
+) -> dict[str, float]:
+    top, mm_dist = batched_r_precision(text_emb, gen_emb, sizes.r_precision_batch, sizes.top_k)
+    out = {f"r_precision_top{k + 1}": float(v) for k, v in enumerate(top)}
+    out["mm_dist"] = mm_dist
+    out["fid"] = fid(real_emb, gen_emb)
+    return out
+
+
+def _same_draws(
+    columns: Mapping[str, np.ndarray],
+    score: Callable[[np.ndarray, np.random.Generator], float],
+    rng: np.random.Generator,
+) -> dict[str, float]:
+    """``score(emb, rng)`` of every column from the same rng state, so each column's Diversity or MultiModality
+    is taken over the same random pairs; ``rng`` ends as after one call."""
+    state = rng.bit_generator.state
+    out = {}
+    for name, emb in columns.items():
+        rng.bit_generator.state = state
+        out[name] = score(emb, rng)
+    return out
 
 
 def ground_truth_sample_fn(entries: Sequence[CaptionedClip], unit_length: int = 4) -> SampleFn:
@@ -200,13 +285,17 @@ def _seeds(rng: np.random.Generator, n: int) -> list[int]:
 
 def evaluate_replication(
     sample_fn: SampleFn, entries: Sequence[CaptionedClip], evaluator: Evaluator, sizes: EvalSizes, seed: int
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float] | None]:
     """One replication of the protocol (``final_evaluations.evaluation`` loop body):
 
     shuffle the entries, draw one caption and one T2M crop per entry, generate a motion for each
     caption at the crop's length, embed texts, generated and real motions, then R-precision and MM
     Dist (batches of ``r_precision_batch``), FID (generated vs real), Diversity (generated), and
     MultiModality over ``mm_num_repeats`` generations of ``mm_num_samples`` of the captions.
+
+    Returns the metrics of the first samples and, when ``sample_fn`` answers with retried motions, those of the
+    retried column (None otherwise): the first samples' embeddings with the resampled motions' spliced in, scored
+    with the same batches and random pairs. Only the resampled motions are embedded again.
     """
     rng = np.random.default_rng(seed)
     n = len(entries)
@@ -216,26 +305,16 @@ def evaluate_replication(
     lengths = [len(r) for r in real]
     dim = evaluator.config.feature_dim
     texts = [c.text for c in captions]
-    gen_seeds = _seeds(rng, n)
-    generated: list[np.ndarray] = []
-    chunk = sizes.generate_batch
-    for s in track(range(0, n, chunk), description="evaluate: generate", total=-(-n // chunk)):
-        generated += _generate(
-            sample_fn,
-            texts[s : s + chunk],
-            lengths[s : s + chunk],
-            gen_seeds[s : s + chunk],
-            dim,
-            sizes.unit_length,
-        )
+    generated, retried = _generate(sample_fn, texts, lengths, _seeds(rng, n), sizes, dim, "evaluate: generate")
     text_emb, gen_emb = evaluator.embed(captions, generated, sizes.embed_batch)
     real_emb = evaluator.embed_motions(real, sizes.embed_batch)
 
-    top, mm_dist = batched_r_precision(text_emb, gen_emb, sizes.r_precision_batch, sizes.top_k)
-    result = {f"r_precision_top{k + 1}": float(v) for k, v in enumerate(top)}
-    result["mm_dist"] = mm_dist
-    result["fid"] = fid(real_emb, gen_emb)
-    result["diversity"] = diversity(gen_emb, sizes.diversity_times, rng)
+    columns = {"first": gen_emb}
+    if retried is not None:
+        columns["retried"] = _splice(gen_emb, retried, evaluator, sizes.embed_batch)
+    results = {name: _matching_and_fid(text_emb, emb, real_emb, sizes) for name, emb in columns.items()}
+    for name, v in _same_draws(columns, lambda e, r: diversity(e, sizes.diversity_times, r), rng).items():
+        results[name]["diversity"] = v
     if sizes.mm_num_samples:
         if n < sizes.mm_num_samples:
             raise ValueError(f"EvalSizes.mm_num_samples={sizes.mm_num_samples} exceeds the {n} entries")
@@ -243,10 +322,28 @@ def evaluate_replication(
         reps = sizes.mm_num_repeats
         mm_texts = [texts[i] for i in picked for _ in range(reps)]
         mm_lengths = [lengths[i] for i in picked for _ in range(reps)]
-        mm_motions = _generate(sample_fn, mm_texts, mm_lengths, _seeds(rng, len(mm_texts)), dim, sizes.unit_length)
-        mm_emb = evaluator.embed_motions(mm_motions, sizes.embed_batch).reshape(sizes.mm_num_samples, reps, -1)
-        result["multimodality"] = multimodality(mm_emb, sizes.mm_times, rng)
-    return result
+        mm_seeds = _seeds(rng, len(mm_texts))
+        mm_motions, mm_retried = _generate(sample_fn, mm_texts, mm_lengths, mm_seeds, sizes, dim, "evaluate: repeats")
+        if (mm_retried is None) != (retried is None):
+            raise ValueError("sample_fn returned retried motions for some captions only; answer every call alike")
+        mm_emb = evaluator.embed_motions(mm_motions, sizes.embed_batch)
+        mm_columns = {"first": mm_emb}
+        if mm_retried is not None:
+            mm_columns["retried"] = _splice(mm_emb, mm_retried, evaluator, sizes.embed_batch)
+        shaped = {k: e.reshape(sizes.mm_num_samples, reps, -1) for k, e in mm_columns.items()}
+        for name, v in _same_draws(shaped, lambda e, r: multimodality(e, sizes.mm_times, r), rng).items():
+            results[name]["multimodality"] = v
+    return results["first"], results.get("retried")
+
+
+def _summary(raw: Mapping[str, list[float]]) -> dict:
+    out: dict = {}
+    for k in METRICS:
+        if k in raw:
+            mean, ci = confidence_interval(raw[k])
+            out[k] = {"mean": mean, "ci95": ci}
+    out["replications"] = dict(raw)
+    return out
 
 
 def evaluate_model(
@@ -255,21 +352,24 @@ def evaluate_model(
     """The full protocol: ``sizes.replications`` replications of ``evaluate_replication``.
 
     ``sample_fn(captions, lengths, seeds)`` returns one un-normalised feature array (T, D) per
-    caption, so any policy plugs in (``ground_truth_sample_fn`` scores real motions). Returns
+    caption, so any policy plugs in (``ground_truth_sample_fn`` scores real motions), or the pair
+    (first, retried) of ``models.generator.Samples``. Returns
     ``{metric: {"mean": m, "ci95": 1.96 * std / sqrt(n)}}`` for each metric in ``METRICS``
-    (MultiModality only when ``mm_num_samples > 0``) and ``"replications": {metric: [values]}``.
+    (MultiModality only when ``mm_num_samples > 0``) and ``"replications": {metric: [values]}``, of the first
+    samples; with retried motions, the retried column in the same form under ``"retried"``.
     """
     if len(entries) < sizes.r_precision_batch:
         raise ValueError(f"need at least r_precision_batch={sizes.r_precision_batch} entries, got {len(entries)}")
     seeds = np.random.SeedSequence(seed).generate_state(sizes.replications)
     raw: dict[str, list[float]] = {}
+    raw_retried: dict[str, list[float]] = {}
     for r in range(sizes.replications):
-        for k, v in evaluate_replication(sample_fn, entries, evaluator, sizes, int(seeds[r])).items():
+        first, retried = evaluate_replication(sample_fn, entries, evaluator, sizes, int(seeds[r]))
+        for k, v in first.items():
             raw.setdefault(k, []).append(v)
-    out: dict = {}
-    for k in METRICS:
-        if k in raw:
-            mean, ci = confidence_interval(raw[k])
-            out[k] = {"mean": mean, "ci95": ci}
-    out["replications"] = raw
+        for k, v in (retried or {}).items():
+            raw_retried.setdefault(k, []).append(v)
+    out = _summary(raw)
+    if raw_retried:
+        out["retried"] = _summary(raw_retried)
     return out

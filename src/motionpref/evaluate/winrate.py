@@ -1,6 +1,11 @@
 """Win rates of finetuned models against the supervised one, as the human study of the MotionGPT preference
-paper (its Figure 3): held-out preference prompts, one motion per prompt from each model with the same seed,
-several temperatures, and a labeler judging every pair as win, tie or loss for the finetuned model.
+paper (its Figure 3): held-out prompts, one motion per prompt from each model with the same seed, several
+temperatures, and a labeler judging every pair as win, tie or loss for the finetuned model.
+
+Held out means the test split of prompts.parquet: whole programs that no preference pair was sampled for
+(:mod:`motionpref.prefs.prompts` splits by program before any sampling), so the pool is fixed before any label
+exists and no studied prompt rewords a training one. Each motion is a model's first sample (``winrate.sampling``
+does not retry by default): an invalid one is that model's failure, never a resampled second chance.
 
 The judge is the label stage's (:mod:`motionpref.prefs.judges`): in the embedded world the simulated labelers
 (the synthetic judge seen through each labeler's noise); on real data the retrieval scorer (AI feedback).
@@ -13,14 +18,12 @@ import io
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from motionpref.evaluate.metrics import confidence_interval
 from motionpref.io import text_writer, write_all
@@ -71,26 +74,15 @@ def proportion(successes: int, n: int) -> dict[str, Any]:
 # ---- prompts ----------------------------------------------------------------------------------------------
 
 
-def train_prompt_ids(path: str | Path) -> set[str]:
-    """The prompt ids of the ``train`` split of ``preferences.parquet``: what DPO and RLHF finetune on."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (run the ingest_labels stage)")
-    try:
-        table = pq.read_table(path, columns=["prompt_id", "split"]).to_pandas()
-    except (pa.ArrowException, OSError, KeyError) as err:
-        raise ValueError(f"{path}: expected a parquet table with columns prompt_id and split ({err})") from None
-    return set(table.loc[table["split"] == "train", "prompt_id"].astype(str))
-
-
-def held_out_prompts(prompts: pd.DataFrame, train_ids: Iterable[str], n: int, seed: int) -> pd.DataFrame:
-    """A seeded sample of ``n`` prompts whose id is not among ``train_ids`` (all of them when fewer are held
-    out), in the prompt table's order."""
-    held = prompts.loc[~prompts["prompt_id"].isin(set(train_ids))]
+def held_out_prompts(prompts: pd.DataFrame, n: int, seed: int, where: str = "prompts") -> pd.DataFrame:
+    """A seeded sample of ``n`` prompts of the test split of ``prompts`` (the table of ``prompts.read_prompts``,
+    from ``where``), all of them when fewer are there, in the table's order. Labels play no part: the pool is
+    the same before and after any judgment."""
+    held = prompts.loc[prompts["split"] == "test"]
     if held.empty:
         raise ValueError(
-            f"every one of the {len(prompts)} prompts is in the preference train split: none is held out for "
-            "the win rates (generate more prompts than are labelled)"
+            f"{where}: none of the {len(prompts)} prompts is in the test split, which the win rates study; "
+            "raise prompts.split.test or generate prompts for more programs"
         )
     picked = np.sort(np.random.default_rng(seed).permutation(len(held))[:n])
     return held.iloc[picked].reset_index(drop=True)
@@ -258,10 +250,11 @@ def markdown(study: Mapping[str, Any]) -> str:
     lines = [
         "# Win rates against the supervised model",
         "",
-        f"{study['prompts']} held-out preference prompts, one motion per prompt from each model with the same "
-        f"seed, judged by {who.get(study['judge'], study['judge'])}. Rates with 95% Wilson intervals; a tie is "
-        "the same motion twice, a skipped pair (both failed) or a negligible difference. Score: the judge's "
-        "mean score of each side's motions +- 95% interval (an invalid sample scores 0).",
+        f"{study['prompts']} held-out prompts (the test split: programs no preference pair was sampled for), one "
+        f"motion per prompt from each model with the same seed, judged by {who.get(study['judge'], study['judge'])}. "
+        "Rates with 95% Wilson intervals; a tie is the same motion twice, a skipped pair (both failed) or a "
+        "negligible difference. Score: the judge's mean score of each side's motions +- 95% interval (an invalid "
+        "sample scores 0).",
         "",
         "| model | T | n | win | tie | loss | win excl. ties | score SFT | score model | invalid SFT / model |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -30,6 +30,11 @@ def policy(name: str) -> str:
     return f"{MODELS}/policy_{name}"
 
 
+def replicate(model: str, k: int) -> str:
+    """Seed replicate ``k`` of a finetuned model (``finetune@dpo_s1``: ``algo.seed + 1``); replicate 0 is the model."""
+    return model if k == 0 else f"{model}_s{k}"
+
+
 def stage_report(stage: str) -> str:
     """The metrics JSON a training stage writes (``reports/train_vqvae.json``)."""
     return f"{REPORTS}/{stage}.json"

@@ -3,6 +3,19 @@ interval over replications, plus the synthetic judge's score of its samples.
 
 ``gt`` scores the test motions themselves, the "Real motion" row; any other item names a policy folder
 ``data/models/policy_<item>`` (``sft`` is the supervised one).
+
+A model's primary numbers are those of its first samples, as MotionGPT's protocol scores them: a sample that
+never closes its motion is not drawn again but scored as the dataset's mean pose held for ``data.min_len`` frames
+(``MotionGenerator.fallback_motion``), so the failure counts against the model. Preference tuning can fail
+more first samples than supervised training (DPO about twice as many), and resampling would hide exactly
+that. The numbers with each invalid first sample resampled up to ``evaluate.sampling.retries`` times follow as
+a secondary column, ``retried``, from the same sampling pass: the valid first samples are shared and only the
+invalid ones are drawn again.
+
+``reports/metrics/<model>.json``: ``{"model", "metrics": {metric: {mean, ci95}, ..., "invalid_rate", "judge",
+"judge_quality", "realism"}, "replications": {metric: [values]}, "retried": {"metrics": {..., "invalid_after_retries"},
+"replications": {...}}}``; ``invalid_rate`` is the share of first samples that were invalid, ``invalid_after_retries``
+the count still invalid after the retries; ``gt`` has no ``retried``.
 """
 
 from __future__ import annotations
@@ -47,13 +60,12 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
             mean,
             std,
             cfg.sampling,
+            fallback_frames=params.data.min_len,
         )
         sample_fn = generator.sample_fn(counter)
     result = evaluate_model(sample_fn, test, evaluator, cfg.sizes, seed)
-    metrics: dict[str, Any] = {k: v for k, v in result.items() if k != "replications"}
-    if counter:
-        metrics["invalid_rate"] = counter["invalid_first"] / max(counter["samples"], 1)
-        metrics["invalid_after_retries"] = counter["invalid"]
+    invalid = dict(counter)  # before the judge draws samples of its own
+    judged = None
     if params.data.source == "synthetic" and cfg.judge_texts:
         from motionpref.evaluate.judged import JudgedPrompt, judge_samples
         from motionpref.synth.world import read_programs
@@ -66,10 +78,39 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
             for i in picked
             if test[i].name == test[i].source_id  # whole clips: a caption's time span would cut the program
         ]
-        metrics.update(judge_samples(sample_fn, prompts, seed, spec.skeleton))
-    report = {"model": item, "metrics": metrics, "replications": result["replications"]}
+        judged = judge_samples(sample_fn, prompts, seed, spec.skeleton)
+    report = model_report(item, result, invalid, judged)
     write_json(ctx.path(artifacts.model_metrics(item)), report)
-    return metrics
+    return {**report["metrics"], **({"retried": report["retried"]["metrics"]} if "retried" in report else {})}
+
+
+def model_report(
+    item: str,
+    result: dict[str, Any],
+    invalid: dict[str, int],
+    judged: tuple[dict[str, Any], dict[str, Any] | None] | None,
+) -> dict[str, Any]:
+    """The ``reports/metrics/<model>.json`` object (layout in the module docstring) from ``evaluate_model``'s
+    ``result``, the generator's ``invalid`` counts of the metrics' samples (``MotionGenerator.sample_fn``; empty
+    for ``gt``) and ``judge_samples``' (first, retried) scores, None without the judge."""
+
+    def column(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k not in ("replications", "retried")}
+
+    metrics = column(result)
+    if invalid:
+        metrics["invalid_rate"] = invalid["invalid_first"] / max(invalid["samples"], 1)
+    if judged is not None:
+        metrics.update(judged[0])
+    report: dict[str, Any] = {"model": item, "metrics": metrics, "replications": result["replications"]}
+    if "retried" in result:
+        retried = column(result["retried"])
+        if invalid:
+            retried["invalid_after_retries"] = invalid["invalid"]
+        if judged is not None and judged[1] is not None:
+            retried.update(judged[1])
+        report["retried"] = {"metrics": retried, "replications": result["retried"]["replications"]}
+    return report
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
   retrieval scorer, beta ``algo.sopo.beta``.
 
 Each algorithm module exposes ``run(job, config, data)``; this stage only gathers its inputs. Every algorithm is
-seeded from ``algo.seed`` (the finetuning replicate) as well as the global seed.
+seeded from ``algo.seed`` (the finetuning replicate) as well as the global seed; the item ``<algo>_s<k>`` is
+replicate ``algo.seed + k`` (``artifacts.replicate``), written beside the others.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from motionpref.pipeline import StageContext, artifacts
 
 if TYPE_CHECKING:
     from motionpref.models.generator import MotionGenerator
+    from motionpref.models.policy import MotionPolicy
 
 ITEM = "algorithm"
 
@@ -34,7 +36,36 @@ def _dpo(params: Params, ctx: StageContext) -> tuple[Callable[..., dict[str, Any
     train = filter_pairs(preference_pairs(table, "train", str(path)), cfg.dpo.data, _seed(params, ctx))
     val = preference_pairs(table, "val", str(path))
     policy = MotionPolicy.load(ctx.path(artifacts.POLICY_SFT))
-    return dpo.run, cfg.dpo, dpo.DPOData(policy, train, val), cfg.beta
+    # scoring samples costs far more than the preference validation pass: built only when it picks the epoch
+    val_score = _val_r_precision(params, ctx) if cfg.dpo.select_by == "val_metric" else None
+    return dpo.run, cfg.dpo, dpo.DPOData(policy, train, val, val_score), cfg.beta
+
+
+def _val_r_precision(params: Params, ctx: StageContext) -> Callable[[MotionPolicy], float]:
+    """``select_by: val_metric``'s score of a policy: the evaluator's R-precision top-1 of its samples on the
+    dataset's val split, by evaluate@<model>'s protocol at ``algo.dpo.val_sizes`` and ``val_sampling``.
+
+    The test split stays unseen until evaluate. One seed for every call, so every epoch (and every replicate) is
+    scored on the same captions, crops and sampling seeds.
+    """
+    from motionpref.evaluate.metrics import evaluate_model
+    from motionpref.models.evaluator import Evaluator
+    from motionpref.models.generator import MotionGenerator
+    from motionpref.models.vqvae import MotionVQVAE
+
+    cfg = params.algo.dpo
+    spec = ctx.dataset(params.data)
+    val = spec.load("val")
+    mean, std = spec.stats()
+    evaluator = Evaluator.load(ctx.path(artifacts.EVALUATOR))
+    vqvae = MotionVQVAE.load(ctx.path(artifacts.VQVAE))
+    seed = params.stage_seed("finetune@dpo:val_metric")
+
+    def score(policy: MotionPolicy) -> float:
+        generator = MotionGenerator(policy, vqvae, mean, std, cfg.val_sampling, fallback_frames=params.data.min_len)
+        return evaluate_model(generator.sample_fn(), val, evaluator, cfg.val_sizes, seed)["r_precision_top1"]["mean"]
+
+    return score
 
 
 def _rlhf(params: Params, ctx: StageContext) -> tuple[Callable[..., dict[str, Any]], Any, Any, float | None]:
@@ -67,8 +98,23 @@ def _sopo(params: Params, ctx: StageContext) -> tuple[Callable[..., dict[str, An
 ALGORITHMS = {"dpo": _dpo, "rlhf": _rlhf, "sopo": _sopo}  # algorithm -> (params, ctx) -> (run, config, data, beta)
 
 
+def _algorithm(item: str) -> tuple[str, int]:
+    """``dpo`` -> (dpo, 0); ``dpo_s2`` -> (dpo, 2)."""
+    name, sep, k = item.rpartition("_s")
+    if sep and name in ALGORITHMS and k.isdigit() and artifacts.replicate(name, int(k)) == item:
+        return name, int(k)
+    if item in ALGORITHMS:
+        return item, 0
+    raise ValueError(
+        f"finetune@{item}: unknown algorithm; expected one of {', '.join(ALGORITHMS)}, or <algorithm>_s<k> for "
+        "seed replicate k"
+    )
+
+
 def _seed(params: Params, ctx: StageContext) -> int:
-    return params.stage_seed(f"finetune@{ctx.item}:{params.algo.seed}")
+    assert ctx.item is not None
+    algo, k = _algorithm(ctx.item)
+    return params.stage_seed(f"finetune@{algo}:{params.algo.seed + k}")
 
 
 def _generator(params: Params, ctx: StageContext, sampling: SamplingConfig) -> MotionGenerator:
@@ -85,19 +131,19 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.io import write_json
     from motionpref.train.preference import FinetuneJob
 
-    algo = ctx.item
-    if algo not in ALGORITHMS:
-        raise ValueError(f"finetune@{algo}: unknown algorithm; expected one of {', '.join(ALGORITHMS)}")
+    item = ctx.item
+    assert item is not None
+    algo, _ = _algorithm(item)
     algorithm, config, data, beta = ALGORITHMS[algo](params, ctx)
     job = FinetuneJob(
         seed=_seed(params, ctx),
         lora=params.algo.lora,
-        out_dir=ctx.path(artifacts.policy(algo)),
+        out_dir=ctx.path(artifacts.policy(item)),
         beta=beta,
         log_metric=ctx.run.log_metric,
     )
     metrics = algorithm(job, config, data)
-    write_json(ctx.path(artifacts.finetune_report(algo)), metrics)
+    write_json(ctx.path(artifacts.finetune_report(item)), {**metrics, "seed": job.seed})
     return metrics
 
 

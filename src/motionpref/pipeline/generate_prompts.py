@@ -1,4 +1,5 @@
-"""Stage generate_prompts: new prompts unlike the training captions (the paper had an LLM write them)."""
+"""Stage generate_prompts: new prompts unlike the training captions (the paper had an LLM write them), each
+program's prompts in one split (``prompts.split``): pairs come from train and val, the win rates from test."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         example_split=cfg.example_split,
         min_count=cfg.min_count,
         llm=cfg.llm,
+        split=cfg.split,
     )
     write_prompts(result.table, ctx.path(artifacts.PROMPTS))
     write_json(ctx.path(artifacts.stage_report("prompts_stats")), result.stats)

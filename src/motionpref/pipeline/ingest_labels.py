@@ -1,5 +1,6 @@
-"""Stage ingest_labels: validate every raw judgment, resolve pairs judged more than once, split 90/10,
-and write the preference table and its statistics. Raw label files are only read, never edited."""
+"""Stage ingest_labels: validate every raw judgment, resolve pairs judged more than once, keep each pair's split
+(its prompt's program's, train or val, from pairs.parquet), and write the preference table and its statistics.
+Raw label files are only read, never edited."""
 
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     paths = sorted(labels_dir.rglob("*.jsonl"))
     if not paths:
         raise FileNotFoundError(f"{labels_dir}: no label files (*.jsonl): run the label stage or the labeling app")
+    pairs_path = ctx.path(str(cfg.pairs))
     result = ingest(
         paths,
-        read_pairs(ctx.path(str(cfg.pairs))),
+        read_pairs(pairs_path),
         cfg.rule,
-        cfg.val_fraction,
         seed=params.stage_seed("ingest_labels"),
         margins=dict(cfg.margins),
         on_error=cfg.on_error,
         quarantine_path=ctx.path(artifacts.QUARANTINE),  # written even when empty, so DVC can track it
         labels_dir=labels_dir,  # refused if it holds the quarantine file, which would be read back every run
+        pairs_source=str(pairs_path),
     )
     write_outputs(
         result,

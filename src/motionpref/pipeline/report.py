@@ -1,5 +1,6 @@
 """Stage report: every evaluated model side by side, each finetuned model against the supervised one
-(paired, replication by replication) and the win rates, into reports/comparison.{json,md}."""
+(paired, replication by replication, and across its seed replicates) and the win rates, into
+reports/comparison.{json,md}."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
 
     cfg = params.report
     paths = {m: ctx.path(artifacts.model_metrics(m)) for m in cfg.models}
+    replicates = {
+        m: [read_report(ctx.path(artifacts.model_metrics(artifacts.replicate(m, k)))) for k in range(cfg.seeds)]
+        for m in cfg.replicated
+        if cfg.seeds > 1
+    }
     comparison = compare_models(
-        {m: read_report(p) for m, p in paths.items()}, cfg.baseline, {m: str(p) for m, p in paths.items()}
+        {m: read_report(p) for m, p in paths.items()}, cfg.baseline, {m: str(p) for m, p in paths.items()}, replicates
     )
     winrates = winrate_rows({m: read_report(ctx.path(artifacts.winrate_report(m, "json"))) for m in cfg.winrate_models})
     write_json(ctx.path(artifacts.REPORTS, "comparison.json"), {**comparison, "winrates": winrates})
@@ -24,8 +30,9 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     write_text(md, markdown(comparison, winrates))
     ctx.run.log_artifact(md)
     return {
-        f"{name}/{metric}_vs_{cfg.baseline}": diff["mean"]
-        for name, diffs in comparison["vs_baseline"].items()
+        f"{name}/{metric}_{kind}_{cfg.baseline}": diff["mean"]
+        for kind, table in (("vs", comparison["vs_baseline"]), ("seed_gain_over", comparison["seed_gains"]))
+        for name, diffs in table.items()
         for metric, diff in diffs.items()
     }
 

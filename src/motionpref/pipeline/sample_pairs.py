@@ -1,4 +1,5 @@
-"""Stage sample_pairs: two motions per prompt from the supervised policy, different seeds, temperature 1.2."""
+"""Stage sample_pairs: two motions per train or val prompt from the supervised policy, different seeds,
+temperature 1.2; the test prompts are left to the win rates."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     mean, std = ctx.dataset(params.data).stats()
     policy_dir = ctx.path(artifacts.POLICY_SFT)
     generator = MotionGenerator(
-        MotionPolicy.load(policy_dir), MotionVQVAE.load(ctx.path(artifacts.VQVAE)), mean, std, cfg.sampling
+        MotionPolicy.load(policy_dir),
+        MotionVQVAE.load(ctx.path(artifacts.VQVAE)),
+        mean,
+        std,
+        cfg.sampling,
+        fallback_frames=params.data.min_len,
     )
     with atomic_dir(ctx.path(artifacts.MOTIONS)) as tmp:
 

@@ -1,9 +1,10 @@
 """Stage winrate@<model>: a finetuned model (``data/models/policy_<model>``) against the supervised one on
-held-out preference prompts, at several temperatures, judged by the simulated labelers (or the retrieval scorer
-with ``labels.labeler: ai``); writes reports/winrate/<model>.{json,md,png}.
+held-out prompts, at several temperatures, judged by the simulated labelers (or the retrieval scorer with
+``labels.labeler: ai``); writes reports/winrate/<model>.{json,md,png}.
 
-Held out means not in the train split of preferences.parquet (the pairs DPO and RLHF finetune on): the val
-split and the prompts whose pairs were skipped or never labelled.
+Held out means the test split of prompts.parquet: programs that no pair, so no preference, was sampled for.
+The pool (at most ``winrate.prompts`` of them, a seeded subset) is drawn from the prompts alone, so it does not
+change when labels do, and the stage does not read preferences.parquet.
 """
 
 from __future__ import annotations
@@ -18,13 +19,7 @@ ITEM = "model"
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
-    from motionpref.evaluate.winrate import (
-        flat_metrics,
-        held_out_prompts,
-        train_prompt_ids,
-        winrate_study,
-        write_reports,
-    )
+    from motionpref.evaluate.winrate import flat_metrics, held_out_prompts, winrate_study, write_reports
     from motionpref.models.generator import MotionGenerator
     from motionpref.models.policy import MotionPolicy
     from motionpref.models.retrieval import RetrievalModel
@@ -39,9 +34,8 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         raise FileNotFoundError(f"{artifacts.policy(name)}: no model for winrate@{name}; run finetune@{name} first")
     seed = params.stage_seed(f"winrate:{params.algo.seed}")
     prompts_path = ctx.path(artifacts.PROMPTS)
-    prompts = held_out_prompts(
-        read_prompts(prompts_path), train_prompt_ids(ctx.path(artifacts.PREFERENCES)), cfg.prompts, seed
-    )
+    table = read_prompts(prompts_path)
+    prompts = held_out_prompts(table, cfg.prompts, seed, str(prompts_path))
     spec = ctx.dataset(params.data)
     scorer = partial(RetrievalModel.load, ctx.path(artifacts.RETRIEVAL))
     judge = make_judge(params.labels, prompts, spec.skeleton, scorer, str(prompts_path))
@@ -49,9 +43,11 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     vqvae = MotionVQVAE.load(ctx.path(artifacts.VQVAE))
 
     def generator(model: str) -> MotionGenerator:
-        return MotionGenerator(MotionPolicy.load(ctx.path(artifacts.policy(model))), vqvae, mean, std, cfg.sampling)
+        policy = MotionPolicy.load(ctx.path(artifacts.policy(model)))
+        return MotionGenerator(policy, vqvae, mean, std, cfg.sampling, fallback_frames=params.data.min_len)
 
     study = winrate_study(generator("sft"), {name: generator(name)}, prompts, cfg.temperatures, judge, seed)
+    study["test_prompts"] = int((table["split"] == "test").sum())  # the pool ``prompts`` was drawn from
     paths = [ctx.path(artifacts.winrate_report(name, ext)) for ext in ("json", "md", "png")]
     write_reports(study, *paths)
     for path in paths[1:]:

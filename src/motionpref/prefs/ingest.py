@@ -2,6 +2,11 @@
 
 :func:`ingest` is pure: it reads the label files (never writes them) and returns the resolved preference
 table, the statistics and the problems found. :func:`write_outputs` writes them, all or nothing.
+
+A preference's split is its pair's, which is its prompt's: generate_prompts splits whole programs into train,
+val and test, and sample_pairs makes pairs for train and val prompts only, so no program is in two splits. A
+pair in the test split is refused (its preference would train on a win-rate prompt). :func:`assign_splits`
+moves one whole program when a tiny run would leave a split empty.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pyarrow as pa
 
 from motionpref.io import parquet_writer, text_writer, write_all
 from motionpref.prefs.labels import DEGREES, Choice, Degree, Judgment, LabelError, Source, scan_labels
+from motionpref.prefs.pairs import PAIR_SPLITS
 
 Rule = Literal["last_wins", "majority", "drop_conflicts"]
 OnError = Literal["fail", "quarantine"]
@@ -34,6 +40,8 @@ PAIR_COLUMNS = (
     "tokens_b",
     "features_a",
     "features_b",
+    "group",
+    "split",
 )
 
 PREFERENCES_SCHEMA = pa.schema(
@@ -84,38 +92,31 @@ class IngestResult:
     quarantine_path: Path | None
 
 
-def split_key(pair_id: str, seed: int) -> int:
-    """The pair's sha256-based number in [0, 2**64) that decides its split: val when below val_fraction."""
-    digest = hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()
+def group_hash(group: str, seed: int) -> int:
+    """The group's sha256-based number in [0, 2**64): which group :func:`assign_splits` moves to fill a split."""
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
-def is_val(pair_id: str, seed: int, val_fraction: float) -> bool:
-    """Whether the hash split puts a pair in the validation split.
+def assign_splits(splits: Sequence[str], groups: Sequence[str], seed: int) -> list[str]:
+    """Each preference's split: its pair's (``splits``, train or val), leaving neither split empty when whole
+    groups (``groups``, the pairs' programs) can fill both.
 
-    Each pair's side is a function of (seed, pair_id) alone, sha256 read as a uniform number in [0, 1), so
-    adding pairs never moves old ones between train and val. :func:`assign_splits` adds the one exception.
+    Every consumer needs both splits (the validation split picks the best epoch), and a handful of preferences
+    often comes from train programs alone. So with preferences from two or more groups: if none is in val,
+    every preference of the group with the smallest :func:`group_hash` moves to val; if none is in train, every
+    one of the group with the largest moves to train. A whole group moves, so no program ends in both splits;
+    from a single group nothing can move. When both splits are filled already nothing moves, so large runs
+    keep exactly the prompts' split; a moved group moves back once another group fills the split it filled.
     """
-    return split_key(pair_id, seed) / 2**64 < val_fraction
-
-
-def assign_splits(pair_ids: Sequence[str], seed: int, val_fraction: float) -> list[str]:
-    """Each pair's split, "train" or "val": the hash split of :func:`is_val`, leaving neither split empty.
-
-    Every consumer needs both splits (the validation split picks the best epoch), and a handful of pairs
-    often hashes all to one side. So with two or more pairs: if no pair is in val, the one with the smallest
-    :func:`split_key` moves to val; if none is in train, the one with the largest moves to train (whatever
-    val_fraction, 0 and 1 included). When the hash split already fills both, no pair moves, so large runs
-    keep exactly the hash split; a moved pair may move back once more pairs are judged.
-    """
-    splits = ["val" if is_val(p, seed, val_fraction) else "train" for p in pair_ids]
-    if len(splits) >= 2:
-        keys = [split_key(p, seed) for p in pair_ids]
-        if "val" not in splits:
-            splits[keys.index(min(keys))] = "val"
-        elif "train" not in splits:
-            splits[keys.index(max(keys))] = "train"
-    return splits
+    out = list(splits)
+    distinct = set(groups)
+    if len(distinct) >= 2:
+        for empty, pick in (("val", min), ("train", max)):
+            if empty not in out:
+                moved = pick(distinct, key=lambda g: group_hash(g, seed))
+                out = [empty if g == moved else split for split, g in zip(out, groups, strict=True)]
+    return out
 
 
 def _degree_vote(votes: Sequence[Judgment]) -> Degree:
@@ -158,24 +159,54 @@ def _check_quarantine(quarantine: Path, label_paths: Sequence[Path], labels_dir:
             )
 
 
+def _check_pair_splits(pairs: pd.DataFrame, where: str) -> None:
+    """Every pair in train or val, and every group in one of them: a test pair or a program on both sides would
+    put a held-out task into training."""
+    outside = pairs.loc[~pairs["split"].isin(PAIR_SPLITS)]
+    if len(outside):
+        row = outside.iloc[0]
+        if row["split"] == "test":
+            raise ValueError(
+                f"{where}: pair {row['pair_id']!r} (prompt {row['prompt_id']!r}) is in the test split, whose "
+                "prompts are kept for the win rates: a preference on it would train on a held-out program; "
+                "sample pairs for train and val prompts only (as the sample_pairs stage does)"
+            )
+        found = "no split" if pd.isna(row["split"]) else f"split {row['split']!r}"
+        raise ValueError(
+            f"{where}: pair {row['pair_id']!r} has {found}; expected one of {list(PAIR_SPLITS)} (its prompt's "
+            "split in prompts.parquet)"
+        )
+    if pairs["group"].isna().any():
+        raise ValueError(f"{where}: pair {pairs.loc[pairs['group'].isna(), 'pair_id'].iloc[0]!r} has no group")
+    splits_per_group = pairs.groupby("group")["split"].nunique()
+    crossing = splits_per_group[splits_per_group > 1].index.tolist()
+    if crossing:
+        raise ValueError(
+            f"{where}: {len(crossing)} group(s) have pairs in both train and val, e.g. {crossing[0][:80]!r}; "
+            "every pair of a program must share its prompts' split"
+        )
+
+
 def _check_inputs(
     pairs: pd.DataFrame,
+    where: str,
     rule: str,
-    val_fraction: float,
     margins: dict[str, float],
     on_error: str,
     quarantine: Path | None,
 ) -> None:
     missing = [c for c in PAIR_COLUMNS if c not in pairs.columns]
     if missing:
-        raise ValueError(f"pairs table lacks column(s) {missing}; expected at least {list(PAIR_COLUMNS)}")
+        raise ValueError(
+            f"{where}: lacks column(s) {missing}; expected at least {list(PAIR_COLUMNS)} (pairs sampled before "
+            "the program-level split have no group or split: rerun the sample_pairs stage)"
+        )
     dup = pairs["pair_id"][pairs["pair_id"].duplicated()]
     if len(dup):
-        raise ValueError(f"pairs table has duplicate pair_id {dup.iloc[0]!r}")
+        raise ValueError(f"{where}: duplicate pair_id {dup.iloc[0]!r}")
+    _check_pair_splits(pairs, where)
     if rule not in ("last_wins", "majority", "drop_conflicts"):
         raise ValueError(f"rule must be last_wins, majority or drop_conflicts, got {rule!r}")
-    if not 0.0 <= val_fraction <= 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1], got {val_fraction}")
     lacking = [d for d in DEGREES if d not in margins]
     if lacking:
         raise ValueError(f"margins lack degree(s) {lacking}; expected keys {list(DEGREES)}")
@@ -189,13 +220,13 @@ def ingest(
     label_paths: Sequence[Path],
     pairs: pd.DataFrame,
     rule: Rule,
-    val_fraction: float = 0.1,
     *,
     seed: int,
     margins: dict[str, float],
     on_error: OnError = "fail",
     quarantine_path: Path | None = None,
     labels_dir: Path | None = None,
+    pairs_source: str = "pairs table",
 ) -> IngestResult:
     """Validate every judgment of `label_paths` against the schema and `pairs`, resolve each pair by `rule`.
 
@@ -206,14 +237,17 @@ def ingest(
     winning votes, ties going to the weaker one. With on_error="fail" the first bad line raises
     :class:`LabelError`; with "quarantine" bad lines are returned as problems (for `quarantine_path`) and
     skipped. A `quarantine_path` inside `labels_dir` (the folder `label_paths` were gathered from, if given)
-    or among `label_paths` is refused with ValueError. Splits are assigned by :func:`assign_splits`.
+    or among `label_paths` is refused with ValueError. A preference's split is its pair's, as
+    :func:`assign_splits` leaves it; a pair in the test split, or a group on both sides, is refused with
+    ValueError naming `pairs_source` (where `pairs` came from).
     """
     if not label_paths:
         raise ValueError("no label files given")
-    _check_inputs(pairs, rule, val_fraction, margins, on_error, quarantine_path)
+    _check_inputs(pairs, pairs_source, rule, margins, on_error, quarantine_path)
     if quarantine_path is not None:
         _check_quarantine(quarantine_path, label_paths, labels_dir)
     prompts = dict(zip(pairs["pair_id"], pairs["prompt"], strict=True))
+    group_of = dict(zip(pairs["pair_id"], pairs["group"], strict=True))
 
     problems: list[Problem] = []
     # Per pair: (created_at, file index, line) -> judgment; file and line order break created_at ties.
@@ -283,19 +317,21 @@ def ingest(
                 "rejected_features": getattr(record, f"features_{lose}"),
                 "degree": degree,
                 "margin": float(margins[degree]),
-                "split": None,  # set below, once every pair's side is known
+                "split": record.split,  # may move below, once every preference is known
                 "n_judgments": len(ordered),
                 "labelers": sorted(latest),
                 "source": source,
             }
         )
 
-    splits = assign_splits([row["pair_id"] for row in rows], seed, val_fraction)
+    groups = [group_of[row["pair_id"]] for row in rows]
+    splits = assign_splits([row["split"] for row in rows], groups, seed)
+    moved = [split for row, split in zip(rows, splits, strict=True) if row["split"] != split]
     for row, split in zip(rows, splits, strict=True):
         row["split"] = split
     table = pd.DataFrame(rows, columns=PREFERENCES_SCHEMA.names)
     judged = sum(outcome.values())
-    n_val = int((table["split"] == "val").sum())
+    programs_in = {name: {g for g, s in zip(groups, splits, strict=True) if s == name} for name in PAIR_SPLITS}
 
     def share(n: int) -> float:
         return n / judged if judged else 0.0
@@ -303,7 +339,6 @@ def ingest(
     stats = {
         "rule": rule,
         "seed": seed,
-        "val_fraction": val_fraction,
         "pairs_in_table": len(pairs),
         "pairs_judged": judged,
         "judgments": sum(len(v) for v in by_pair.values()),
@@ -321,7 +356,10 @@ def ingest(
         },
         "quarantined_lines": len(problems),
         "preferences": len(table),
-        "split": {"train": len(table) - n_val, "val": n_val},
+        "split": {name: splits.count(name) for name in PAIR_SPLITS},
+        "split_programs": {name: len(found) for name, found in programs_in.items()},
+        # the one program assign_splits moved to fill an empty split, if any
+        "moved_to_fill_split": {"to": moved[0], "preferences": len(moved)} if moved else None,
     }
     return IngestResult(table, stats, problems, quarantine_path)
 
@@ -351,8 +389,13 @@ def stats_markdown(stats: dict[str, Any]) -> str:
         f"- conflicts: {conflicts['disagreeing_pairs']:,} pairs with disagreeing votes, "
         f"{conflicts['dropped']:,} dropped",
         f"- quarantined lines: {stats['quarantined_lines']:,}",
-        f"- preferences: {stats['preferences']:,} (train {stats['split']['train']:,}, val {stats['split']['val']:,})",
+        f"- preferences: {stats['preferences']:,} (train {stats['split']['train']:,} from "
+        f"{stats['split_programs']['train']:,} programs, val {stats['split']['val']:,} from "
+        f"{stats['split_programs']['val']:,}; a program's pairs all share its prompts' split)",
     ]
+    moved = stats["moved_to_fill_split"]
+    if moved is not None:
+        lines.append(f"- {moved['preferences']:,} preference(s) of one program moved to {moved['to']}, which was empty")
     return "\n".join(lines) + "\n"
 
 

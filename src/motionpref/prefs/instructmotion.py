@@ -39,6 +39,7 @@ import pandas as pd
 from motionpref.io import parquet_writer, text_writer, write_all
 from motionpref.prefs.labels import Choice, Degree, Judgment, LabelError, encodable
 from motionpref.prefs.pairs import PAIRS_SCHEMA
+from motionpref.prefs.prompts import group_key, split_groups
 
 CHOICES: dict[str, Choice] = {"sample_1": "a", "sample_2": "b", "skipped": "skip"}
 DEGREE_NAMES: dict[str, Degree] = {
@@ -49,6 +50,9 @@ DEGREE_NAMES: dict[str, Degree] = {
 }
 SKIP_DEGREES = ("skipped", "null", None)
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# the paper held out 10% of its pairs; the release has no programs, so each distinct prompt is its own group
+SPLIT = {"train": 0.9, "val": 0.1}
+SPLIT_SEED = 0
 UNKNOWN_SEED = -1  # the release's samples may lack a seed; int64 column, so a sentinel rather than null
 MOTIONGPT_CODEBOOK = 512
 
@@ -208,7 +212,8 @@ def read_instructmotion(
 
     With `root` (the release's `preference_data/` folder) feature paths are joined to it and motion tokens are
     loaded and checked to lie in [0, codebook_size); without it, feature paths stay as written and token lists
-    are empty. Any malformed record raises :class:`LabelError` naming `path:line`.
+    are empty. Any malformed record raises :class:`LabelError` naming `path:line`. Pairs are split 90/10 into
+    train and val by prompt (``SPLIT``), so one prompt's pairs never sit on both sides.
     """
     path = Path(path)
     root = Path(root) if root is not None else None
@@ -226,6 +231,10 @@ def read_instructmotion(
                 raise LabelError(path, n, "JSON nested too deeply to parse") from None
             judgments += found
             rows.append(row)
+    splits = split_groups((group_key(r["prompt"], None) for r in rows), SPLIT, SPLIT_SEED)
+    for r in rows:
+        r["group"] = group_key(r["prompt"], None)
+        r["split"] = splits[r["group"]]
     return InstructMotionImport(judgments, pd.DataFrame(rows, columns=PAIRS_SCHEMA.names))
 
 

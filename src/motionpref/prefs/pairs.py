@@ -2,6 +2,10 @@
 
 A pair's id is a hash of what made it (policy, prompt, seeds, temperature), so labels keep pointing at the
 same pair when the table is rebuilt from unchanged inputs, and never at a pair that changed.
+
+Only train and val prompts get pairs: the test prompts (whole programs, see :mod:`motionpref.prefs.prompts`)
+are kept for the win rates. Each pair carries its prompt's ``group`` (the program, or the normalised text of a
+prompt without one) and ``split``, which ingestion takes as the preference's split.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ PAIRS_SCHEMA = pa.schema(
         ("prompt_id", pa.string()),
         ("prompt", pa.string()),
         ("program", pa.string()),
+        ("group", pa.string()),  # the prompt's group (prompts.group_key): ingestion moves whole groups only
+        ("split", pa.string()),  # the prompt's split, train or val (PAIR_SPLITS)
         ("seed_a", pa.int64()),
         ("seed_b", pa.int64()),
         ("temperature", pa.float64()),
@@ -42,6 +48,8 @@ PAIRS_SCHEMA = pa.schema(
         ("preview", pa.string()),
     ]
 )
+
+PAIR_SPLITS = ("train", "val")  # the prompt splits that get pairs; test prompts are the win rates'
 
 
 def directory_hash(directory: str | os.PathLike) -> str:
@@ -76,13 +84,17 @@ def sample_pairs(
     store: Callable[[str, np.ndarray], str],
     chunk: int = 256,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Sample motions A and B for every prompt; ``store(file_name, features)`` saves one and returns the path
-    the table records. Returns the pairs table (``PAIRS_SCHEMA``) and statistics. A prompt whose A or B stays
-    invalid after the generator's retries gets no pair, and is counted."""
+    """Sample motions A and B for every train and val prompt (``prompt_id``, ``text``, ``program``, ``group``,
+    ``split``); ``store(file_name, features)`` saves one and returns the path the table records. Returns the
+    pairs table (``PAIRS_SCHEMA``) and statistics. A prompt whose A or B stays invalid after the generator's
+    retries gets no pair, and is counted."""
+    missing = [c for c in ("prompt_id", "text", "program", "group", "split") if c not in prompts.columns]
+    if missing:
+        raise ValueError(f"prompts lack column(s) {missing}; expected the table of prompts.read_prompts")
     rows: list[dict[str, Any]] = []
     frames: list[int] = []
     invalid_first = dropped = 0
-    records = prompts.to_dict("records")
+    records = prompts.loc[prompts["split"].isin(PAIR_SPLITS)].to_dict("records")
     for start in track(range(0, len(records), chunk), "sample pairs", total=-(-len(records) // chunk)):
         batch = records[start : start + chunk]
         seeds = [pair_seeds(seed, r["prompt_id"]) for r in batch]
@@ -103,7 +115,9 @@ def sample_pairs(
                     "pair_id": pid,
                     "prompt_id": record["prompt_id"],
                     "prompt": record["text"],
-                    "program": record.get("program"),
+                    "program": record["program"],
+                    "group": record["group"],
+                    "split": record["split"],
                     "seed_a": seed_a,
                     "seed_b": seed_b,
                     "temperature": float(temperature),
@@ -120,7 +134,9 @@ def sample_pairs(
     table = pd.DataFrame(rows, columns=PAIRS_SCHEMA.names)
     stats = {
         "prompts": len(records),
+        "test_prompts_reserved": int((prompts["split"] == "test").sum()),
         "pairs": len(table),
+        "split": {name: int((table["split"] == name).sum()) for name in PAIR_SPLITS},
         "dropped_invalid": dropped,
         "invalid_first_rate": invalid_first / max(2 * len(records), 1),
         "temperature": temperature,
@@ -142,7 +158,10 @@ def read_pairs(path: Path) -> pd.DataFrame:
         raise ValueError(f"{path}: cannot read the pairs table: {e}") from None
     missing = [n for n in PAIRS_SCHEMA.names if n not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: pairs table lacks columns {missing}")
+        raise ValueError(
+            f"{path}: pairs table lacks column(s) {missing}; expected columns {PAIRS_SCHEMA.names} (a table written "
+            "before the program-level split has no group or split: rerun the sample_pairs stage)"
+        )
     return table.to_pandas()
 
 

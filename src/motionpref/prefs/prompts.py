@@ -21,6 +21,12 @@ Every candidate goes through :class:`Deduper`, in stream order: one that equals 
 threshold a near duplicate, and the same two tests against the prompts kept so far drop duplicates among
 the prompts. The reference is every caption of the train, val and test splits by default: a prompt equal
 to a test caption would let preference finetuning see the test set.
+
+Every prompt then gets a ``split`` (train, val or test) by its ``group``, before any motion is sampled: the
+group is the prompt's program JSON, or for a prompt without one (recombine, llm) its normalised text, so the
+paraphrases of one program always share a split (:func:`split_groups`). Pairs and preferences come from the
+train and val groups; the win rates use the test groups alone, tasks no preference pair was made for (the
+synthetic judge scores the program, not the words, so a reworded training task would not be held out).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import pyarrow.parquet as pq
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 
-from motionpref.config import LLMEndpoint
+from motionpref.config import LLMEndpoint, PromptsConfig, SplitFractions
 from motionpref.io import write_parquet
 from motionpref.motion.dataset import read_captions, read_split
 from motionpref.motion.text import VIP_WORDS, Caption
@@ -60,12 +66,22 @@ BACKENDS: tuple[Backend, ...] = ("synthetic", "recombine", "llm", "familiar")  #
 _FAMILIAR_TRIES = 10_000  # consecutive draws that were all dataset programs before the backend gives up
 DROP_REASONS = ("exact_reference", "near_reference", "exact_self", "near_self")
 SIMILARITY = "tf-idf cosine of word 1-2 grams, idf from the reference captions"
-COLUMNS = ("prompt_id", "text", "program", "source")
+SPLITS = ("train", "val", "test")
+COLUMNS = ("prompt_id", "text", "program", "source", "group", "split")
 PROMPTS_SCHEMA = pa.schema(
-    [("prompt_id", pa.string()), ("text", pa.string()), ("program", pa.string()), ("source", pa.string())]
+    [
+        ("prompt_id", pa.string()),
+        ("text", pa.string()),
+        ("program", pa.string()),
+        ("source", pa.string()),
+        ("group", pa.string()),  # group_key: the program, or the normalised text of a prompt without one
+        ("split", pa.string()),  # one of SPLITS, the same for every prompt of a group
+    ]
 )
 _CHUNK = 256  # candidates compared at once: bounds the dense similarity blocks
 _BLOCK_CELLS = 1 << 22  # cells of one dense candidate x reference block (32 MB of float64)
+_SPLIT_STREAM = 1_000  # the split's SeedSequence spawn key: far from the backends' (their index in BACKENDS)
+_DEFAULT_SPLIT = PromptsConfig().split  # prompts.split's default, from its one definition
 
 
 class PromptError(RuntimeError):
@@ -626,6 +642,47 @@ def _backend_seed(seed: int, backend: Backend) -> int:
     return int(ss.generate_state(1)[0] >> 1)  # below 2**31: also a valid seed for an LLM server
 
 
+def _split_seed(seed: int) -> int:
+    """The seed of the split's permutation: a stream of its own, so the split draws nothing from a backend's."""
+    return int(np.random.SeedSequence(seed, spawn_key=(_SPLIT_STREAM,)).generate_state(1)[0])
+
+
+def group_key(text: str, program: str | float | None) -> str:
+    """What a prompt is split by: its program JSON, else (None, or pandas' NaN) its normalised text, each distinct
+    text its own group. A normalised text holds no braces or quotes, so it never equals a program's JSON."""
+    return program if isinstance(program, str) else normalise(text)
+
+
+def split_sizes(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """How many of ``n`` groups each split gets: the floor of ``n * fraction``, the groups left over going to the
+    largest remainders (ties to the split listed first); when there are at least as many groups as splits, a
+    split left empty takes one group from the largest, so the test split is never empty by rounding."""
+    if not fractions or any(f <= 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1) > 1e-6:
+        raise ValueError(f"split fractions must be positive and sum to 1, got {dict(fractions)}")
+    quotas = {name: n * f for name, f in fractions.items()}
+    sizes = {name: math.floor(q) for name, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda name: quotas[name] - sizes[name], reverse=True)  # stable on ties
+    for name in by_remainder[: max(0, n - sum(sizes.values()))]:
+        sizes[name] += 1
+    if n >= len(sizes):
+        for name in sizes:
+            if sizes[name] == 0:
+                largest = max(sizes, key=lambda k: sizes[k])
+                sizes[largest] -= 1
+                sizes[name] += 1
+    return sizes
+
+
+def split_groups(keys: Iterable[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
+    """The split of every distinct key: a seeded permutation of the sorted distinct keys, cut into
+    :func:`split_sizes` in the order of ``fractions``. Sorted first, so the split depends on the set of groups,
+    not on the order the prompts came in."""
+    distinct = sorted(set(keys))
+    names = [name for name, size in split_sizes(len(distinct), fractions).items() for _ in range(size)]
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    return {distinct[i]: name for i, name in zip(order, names, strict=True)}
+
+
 def _collect(
     stream: Iterator[Candidate], deduper: Deduper, n: int, max_candidates: int
 ) -> tuple[list[Candidate], Counter[str], int]:
@@ -655,14 +712,16 @@ def generate_prompts(
     example_split: str = "train",
     min_count: int = 2,
     llm: LLMEndpoint | None = None,
+    split: SplitFractions = _DEFAULT_SPLIT,
 ) -> GeneratedPrompts:
-    """Prompts from the backends in ``counts`` (backend -> how many), deduped, and statistics.
+    """Prompts from the backends in ``counts`` (backend -> how many), deduped, split, and statistics.
 
     Backends run in the order of ``BACKENDS``, each on its own seed, and are deduped against the captions
     of ``reference_splits`` and every prompt kept before; a backend that cannot reach its count after
     ``max_candidates_factor * count`` candidates keeps what it has, with a warning. The recombine slots
     and the LLM's examples come from ``example_split``. Prompt ids are ``p00000``, ``p00001``, ... in
-    that order; with one backend, the first k prompts do not depend on the count asked for.
+    that order; with one backend, the first k prompts do not depend on the count asked for (their split
+    may: it is drawn over all the groups kept, :func:`split_groups` with the fractions ``split``).
     """
     unknown = sorted(set(counts) - set(BACKENDS))
     if unknown:
@@ -710,11 +769,15 @@ def generate_prompts(
         kept += got
         sources[backend] = {"requested": n, "candidates": pulled, "kept": len(got)}
         sources[backend] |= {reason: dropped[reason] for reason in DROP_REASONS}
+    groups = [group_key(c.text, c.program) for c in kept]
+    split_of = split_groups(groups, split.model_dump(), _split_seed(seed))
     columns = {
         "prompt_id": [f"p{i:05d}" for i in range(len(kept))],
         "text": [c.text for c in kept],
         "program": [c.program for c in kept],
         "source": [c.source for c in kept],
+        "group": groups,
+        "split": [split_of[g] for g in groups],
     }
     # Through arrow, so the dtypes (and how a missing program reads) are those read_prompts gives back.
     table = pa.Table.from_pydict(columns, schema=PROMPTS_SCHEMA).to_pandas()
@@ -728,6 +791,13 @@ def generate_prompts(
         "reference_splits": list(reference_splits),
         "near_threshold": near_threshold,
         "similarity": SIMILARITY,
+        "split": {
+            name: {
+                "prompts": sum(split_of[g] == name for g in groups),
+                "programs": sum(s == name for s in split_of.values()),
+            }
+            for name in SPLITS
+        },
     }
     if "synthetic" in sources:
         used = len({c.program for c in kept if c.source == "synthetic"})
@@ -736,6 +806,12 @@ def generate_prompts(
 
 
 def _check_table(table: pd.DataFrame, where: str) -> None:
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(
+            f"{where}: lacks column(s) {missing}; expected columns {list(COLUMNS)} (a table written before the "
+            "program-level split has no group or split: rerun the generate_prompts stage)"
+        )
     if list(table.columns) != list(COLUMNS):
         raise ValueError(f"{where}: expected columns {list(COLUMNS)}, got {list(table.columns)}")
     duplicated = table["prompt_id"][table["prompt_id"].duplicated()].tolist()
@@ -744,6 +820,18 @@ def _check_table(table: pd.DataFrame, where: str) -> None:
     bad = sorted(set(table["source"]) - set(BACKENDS))
     if bad:
         raise ValueError(f"{where}: unknown source(s) {bad}; expected some of {list(BACKENDS)}")
+    bad = sorted(set(table["split"]) - set(SPLITS), key=str)
+    if bad:
+        raise ValueError(f"{where}: unknown split(s) {bad}; expected some of {list(SPLITS)}")
+    if table["group"].isna().any():
+        raise ValueError(f"{where}: prompt {table.loc[table['group'].isna(), 'prompt_id'].iloc[0]!r} has no group")
+    splits_per_group = table.groupby("group")["split"].nunique()
+    crossing = splits_per_group[splits_per_group > 1].index.tolist()
+    if crossing:
+        raise ValueError(
+            f"{where}: {len(crossing)} group(s) span several splits, e.g. {crossing[0][:80]!r}; every prompt of a "
+            "program must share its split, or a held-out prompt rewords a training one"
+        )
 
 
 def write_prompts(table: pd.DataFrame, path: str | os.PathLike) -> None:

@@ -1,10 +1,19 @@
 """Cross-model comparison: the test metrics of every model side by side, each finetuned model's difference from
-the baseline (the supervised policy) with its interval, and the win rates, as one JSON and one markdown table.
+the baseline (the supervised policy) with its interval, its gain across seed replicates, and the win rates, as
+one JSON and one markdown table.
 
-Every model's evaluation uses the same seed, so replication r of each model scores samples for the same
-captions, crops and R-precision batches. The difference of two models is therefore taken replication by
-replication (a paired difference): the batch composition, the largest source of R-precision spread, cancels,
-and the interval is that of the paired differences, 1.96 std / sqrt(n) as the metrics' own intervals.
+Three kinds of interval, each for what it can support:
+
+- a model's own metric: mean ± 1.96 σ / √n over the evaluation's replications (σ the population std), the
+  convention of Guo et al. 2022 that every text-to-motion table uses, kept so the columns read as the field's;
+- a paired difference from the baseline: every model's evaluation uses the same seed, so replication r of each
+  model scores samples for the same captions, crops and R-precision batches, and the difference is taken
+  replication by replication (the batch composition, the largest source of R-precision spread, cancels); its
+  interval is Student's t with n - 1 degrees of freedom, as a small-sample mean needs. It covers the
+  evaluation's noise for one trained model only;
+- a seed-replicate gain: each finetuning algorithm trained with several seeds (``finetune@<algo>_s<k>``), each
+  seed's mean paired difference one observation, mean ± t(s - 1) · sd / √s across the s seeds. This is the
+  interval the headline claims rest on: training noise included; a gain is marked only when it excludes 0.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 # metric -> (label, whether higher is better); the order of the table's columns
 METRICS: dict[str, tuple[str, bool]] = {
@@ -54,14 +64,24 @@ def replications(report: Mapping[str, Any], metric: str, where: str) -> np.ndarr
     return np.asarray(values, np.float64)
 
 
+def t_interval(values: Sequence[float]) -> dict[str, float]:
+    """Mean and the half-width of its 95% Student t interval, t(0.975, n - 1) · sd / √n with the sample sd
+    (ddof 1); ``p`` is the two-sided one-sample t-test of mean 0. Needs n >= 2."""
+    v = np.asarray(values, np.float64)
+    if v.ndim != 1 or v.size < 2:
+        raise ReportError(f"a t-interval needs at least two values, got {v.size}")
+    sd = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.975, v.size - 1) * sd / np.sqrt(v.size))
+    p = float(2 * stats.t.sf(abs(v.mean()) / (sd / np.sqrt(v.size)), v.size - 1)) if sd > 0 else float(v.mean() == 0)
+    return {"mean": float(v.mean()), "ci95": half, "n": int(v.size), "p": p}
+
+
 def paired_difference(model: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
-    """Mean of model_r - baseline_r over replications r and its 95% interval, 1.96 std / sqrt(n) with the
-    population std (as ``evaluate.metrics.confidence_interval``)."""
+    """Mean of model_r - baseline_r over replications r with its 95% Student t interval (``t_interval``)."""
     a, b = np.asarray(model, np.float64), np.asarray(baseline, np.float64)
-    if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise ReportError(f"paired difference needs two equal, non-empty series; got {a.shape} and {b.shape}")
-    d = a - b
-    return {"mean": float(d.mean()), "ci95": float(1.96 * d.std() / np.sqrt(d.size)), "n": int(d.size)}
+    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
+        raise ReportError(f"paired difference needs two equal series of 2 or more; got {a.shape} and {b.shape}")
+    return t_interval(a - b)
 
 
 def verdict(diff: Mapping[str, float], higher_is_better: bool) -> str:
@@ -71,38 +91,65 @@ def verdict(diff: Mapping[str, float], higher_is_better: bool) -> str:
     return "better" if (diff["mean"] > 0) == higher_is_better else "worse"
 
 
-def compare_models(
-    metrics: Mapping[str, Mapping[str, Any]], baseline: str, where: Mapping[str, str] | None = None
+def _paired(
+    report: Mapping[str, Any], base: Mapping[str, Any], metric: str, where: str, base_where: str
 ) -> dict[str, Any]:
-    """``metrics``: model -> its ``reports/metrics/<model>.json``. Returns the table rows and, for every model
-    but the baseline and ``gt``, its paired differences from the baseline."""
-    where = where or {}
-    if baseline not in metrics:
-        raise ReportError(f"the baseline {baseline!r} has no metrics (models: {', '.join(metrics)})")
+    model_reps = replications(report, metric, where)
+    base_reps = replications(base, metric, base_where)
+    if model_reps.shape != base_reps.shape:
+        raise ReportError(
+            f"{where}: {model_reps.size} replications of {metric} against {base_reps.size} in {base_where}; "
+            "evaluate both with the same evaluate.sizes"
+        )
+    d = paired_difference(model_reps, base_reps)
+    return {**d, "verdict": verdict(d, METRICS[metric][1])}
+
+
+def _check(metrics: Mapping[str, Mapping[str, Any]], where: Mapping[str, str]) -> None:
     for name, report in metrics.items():
         if not isinstance(report.get("metrics"), Mapping):
             raise ReportError(f"{where.get(name, name)}: no 'metrics' object (is it a reports/metrics file?)")
-    rows = {
-        name: {k: report["metrics"][k] for k in (*METRICS, "judge", "invalid_rate") if k in report["metrics"]}
-        for name, report in metrics.items()
+
+
+def compare_models(
+    metrics: Mapping[str, Mapping[str, Any]],
+    baseline: str,
+    where: Mapping[str, str] | None = None,
+    replicates: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """``metrics``: model -> its ``reports/metrics/<model>.json`` (first-sample metrics, and the retried ones
+    under ``retried`` where the file has them). ``replicates``: model -> the metrics files of its seed
+    replicates, the model's own (seed 0) first. Returns the table rows (first samples, and retried), for every
+    model but the baseline and ``gt`` its paired differences from the baseline, and for every replicated model
+    its gain across seeds (``seed_gains``)."""
+    where = where or {}
+    if baseline not in metrics:
+        raise ReportError(f"the baseline {baseline!r} has no metrics (models: {', '.join(metrics)})")
+    _check(metrics, where)
+    keys = (*METRICS, "judge", "invalid_rate")
+    rows = {name: {k: r["metrics"][k] for k in keys if k in r["metrics"]} for name, r in metrics.items()}
+    retried = {
+        name: {k: r["retried"]["metrics"][k] for k in (*keys, "invalid_after_retries") if k in r["retried"]["metrics"]}
+        for name, r in metrics.items()
+        if isinstance(r.get("retried"), Mapping) and isinstance(r["retried"].get("metrics"), Mapping)
     }
     base = metrics[baseline]
-    diffs: dict[str, dict[str, Any]] = {}
-    for name, report in metrics.items():
-        if name in (baseline, "gt"):
-            continue
-        diffs[name] = {}
-        for metric in PAIRED:
-            model_reps = replications(report, metric, where.get(name, name))
-            base_reps = replications(base, metric, where.get(baseline, baseline))
-            if model_reps.shape != base_reps.shape:
-                raise ReportError(
-                    f"{where.get(name, name)}: {model_reps.size} replications of {metric} against "
-                    f"{base_reps.size} in {where.get(baseline, baseline)}; evaluate both with the same evaluate.sizes"
-                )
-            d = paired_difference(model_reps, base_reps)
-            diffs[name][metric] = {**d, "verdict": verdict(d, METRICS[metric][1])}
-    return {"baseline": baseline, "metrics": rows, "vs_baseline": diffs}
+    bw = where.get(baseline, baseline)
+    diffs = {
+        name: {m: _paired(report, base, m, where.get(name, name), bw) for m in PAIRED}
+        for name, report in metrics.items()
+        if name not in (baseline, "gt")
+    }
+    seed_gains: dict[str, dict[str, Any]] = {}
+    for name, reports in (replicates or {}).items():
+        if len(reports) < 2:
+            raise ReportError(f"{name}: a gain across seeds needs 2 or more replicates, got {len(reports)}")
+        seed_gains[name] = {}
+        for m in PAIRED:
+            per_seed = [_paired(r, base, m, f"{name} replicate {k}", bw)["mean"] for k, r in enumerate(reports)]
+            g = t_interval(per_seed)
+            seed_gains[name][m] = {**g, "per_seed": per_seed, "verdict": verdict(g, METRICS[m][1])}
+    return {"baseline": baseline, "metrics": rows, "retried": retried, "vs_baseline": diffs, "seed_gains": seed_gains}
 
 
 def winrate_rows(winrates: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -125,6 +172,8 @@ def winrate_rows(winrates: Mapping[str, Mapping[str, Any]]) -> list[dict[str, An
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, Mapping):
         return f"{value['mean']:.3f} ± {value['ci95']:.3f}"
     return f"{value:.3f}"
@@ -135,43 +184,87 @@ def _signed(diff: Mapping[str, Any]) -> str:
     return f"{diff['mean']:+.3f} ± {diff['ci95']:.3f}{mark}"
 
 
+_LABELS = {
+    **{k: v[0] for k, v in METRICS.items()},
+    "judge": "judge",
+    "invalid_rate": "invalid",
+    "invalid_after_retries": "still invalid",
+}
+
+
+def _metric_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    columns = [k for k in keys if any(k in r for r in rows.values())]
+    out = ["| model | " + " | ".join(_LABELS[c] for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, row in rows.items():
+        out.append(f"| {name} | " + " | ".join(_cell(row[c]) if c in row else "" for c in columns) + " |")
+    return out
+
+
 def markdown(comparison: Mapping[str, Any], winrates: Sequence[Mapping[str, Any]]) -> str:
     baseline = comparison["baseline"]
-    rows = comparison["metrics"]
-    columns = [k for k in (*METRICS, "judge", "invalid_rate") if any(k in r for r in rows.values())]
-    labels = {**{k: v[0] for k, v in METRICS.items()}, "judge": "judge", "invalid_rate": "invalid"}
     out = [
         "# Models compared",
         "",
-        "Test split, mean ± 95% interval over the evaluation's replications (`reports/metrics/`); `gt` is the "
-        "test motions themselves; judge = the synthetic judge's score of the samples; invalid = first samples "
-        "that never closed their motion.",
+        "Test split, **first samples** (an invalid sample is scored as the standing figure it stands for, so it "
+        "counts against its model); mean ± 1.96 σ / √n over the evaluation's replications, the convention of Guo "
+        "et al. 2022 (`reports/metrics/`). `gt` is the test motions themselves; judge = the synthetic judge's "
+        "score of the samples; invalid = the share of first samples that never closed their motion.",
         "",
-        "| model | " + " | ".join(labels[c] for c in columns) + " |",
-        "|---|" + "---:|" * len(columns),
+        *_metric_table(comparison["metrics"], (*METRICS, "judge", "invalid_rate")),
     ]
-    for name, row in rows.items():
-        out.append(f"| {name} | " + " | ".join(_cell(row[c]) if c in row else "" for c in columns) + " |")
+    seed_gains = comparison.get("seed_gains") or {}
+    if seed_gains:
+        n = {len(g[PAIRED[0]]["per_seed"]) for g in seed_gains.values()}
+        out += [
+            "",
+            f"## Gains over `{baseline}` across seed replicates",
+            "",
+            f"Each algorithm finetuned with {'/'.join(map(str, sorted(n)))} seeds; each seed's gain is its mean "
+            f"paired difference from `{baseline}`; mean ± 95% Student t interval across the seeds (training and "
+            "evaluation noise). ▲ better or ▼ worse only when the interval excludes 0; p is the two-sided t-test.",
+            "",
+            "| model | " + " | ".join(METRICS[m][0] for m in PAIRED) + " | per-seed R@1 gains | p (R@1) |",
+            "|---|" + "---:|" * len(PAIRED) + "---|---:|",
+        ]
+        for name, gains in seed_gains.items():
+            r1 = gains["r_precision_top1"]
+            out.append(
+                f"| {name} | "
+                + " | ".join(_signed(gains[m]) for m in PAIRED)
+                + f" | {', '.join(f'{g:+.3f}' for g in r1['per_seed'])} | {r1['p']:.3f} |"
+            )
     if comparison["vs_baseline"]:
         out += [
             "",
-            f"## Against `{baseline}`, replication by replication",
+            f"## Against `{baseline}`, replication by replication (seed 0)",
             "",
-            f"Model minus `{baseline}` on the same captions, crops and batches, mean ± 95% interval of the paired "
-            "differences; ▲ better or ▼ worse by more than the interval.",
+            f"Model minus `{baseline}` on the same captions, crops and batches, mean ± 95% Student t interval of "
+            "the paired differences over the replications: one trained model's evaluation noise only. ▲ better or ▼ "
+            "worse by more than the interval.",
             "",
             "| model | " + " | ".join(METRICS[m][0] for m in PAIRED) + " |",
             "|---|" + "---:|" * len(PAIRED),
         ]
         for name, diffs in comparison["vs_baseline"].items():
             out.append(f"| {name} | " + " | ".join(_signed(diffs[m]) for m in PAIRED) + " |")
+    if comparison.get("retried"):
+        out += [
+            "",
+            "## Secondary: with invalid samples resampled",
+            "",
+            "The same evaluation with each invalid first sample resampled up to `evaluate.sampling.retries` times "
+            "(the valid first samples kept): what the model gives when failures are retried, not what it gives "
+            "first. still invalid = samples invalid after every retry.",
+            "",
+            *_metric_table(comparison["retried"], (*METRICS, "judge", "invalid_after_retries")),
+        ]
     if winrates:
         out += [
             "",
             f"## Win rates against `{baseline}`",
             "",
-            "Held-out preference prompts judged by the labelers (`reports/winrate/`); win excluding ties with its "
-            "95% Wilson interval.",
+            "First samples for prompts of test programs (never in a preference pair), judged by the labelers "
+            "(`reports/winrate/`); win excluding ties with its 95% Wilson interval.",
             "",
             "| model | T | n | win | tie | loss | win excl. ties |",
             "|---|---:|---:|---:|---:|---:|---|",

@@ -2,7 +2,9 @@
 
 The reference is frozen, so its log-probabilities of every training and validation answer are computed once
 before the first step. Each epoch ends with a validation pass (loss, preference accuracy of the implicit
-reward, per degree); the epoch with the best validation metric is the one kept, as the paper did.
+reward, per degree) and, when the data carries a ``val_score``, the policy's score on held-out motion metrics;
+the epoch best by ``select_by`` is the one kept. The paper kept the epoch with the best HumanML3D validation
+metrics (``val_metric``).
 """
 
 from __future__ import annotations
@@ -19,22 +21,35 @@ from motionpref.config import DPOConfig
 from motionpref.models.policy import MotionPolicy
 from motionpref.progress import track
 from motionpref.train.losses import implicit_rewards, preference_loss, sft_loss
-from motionpref.train.preference import FinetuneJob, PreferencePair, Reference, pair_logprobs, trainable_state
+from motionpref.train.preference import (
+    FinetuneJob,
+    PreferencePair,
+    Reference,
+    ValScore,
+    pair_logprobs,
+    trainable_state,
+)
 
 
 @dataclass
 class DPOData:
-    """The policy to finetune and its labelled pairs: ``train`` to learn from, ``val`` to pick the epoch."""
+    """The policy to finetune and its labelled pairs: ``train`` to learn from, ``val`` to validate on.
+
+    ``val_score`` (higher is better) scores the policy after every epoch; ``select_by: val_metric`` needs it.
+    """
 
     policy: MotionPolicy
     train: Sequence[PreferencePair]
     val: Sequence[PreferencePair]
+    val_score: ValScore | None = None
 
 
-def logprob_reduction(loss: str) -> str:
-    """IPO scores answers by their mean token log-probability, as its authors ran it and trl does; the other
-    losses by the sum, log pi(y | x) itself."""
-    return "mean" if loss == "ipo" else "sum"
+def logprob_reduction(config: DPOConfig) -> str:
+    """IPO scores answers by their mean token log-probability by default (``ipo_form: mean``: trl 0.8, with which
+    the paper ran it, and trl since) or, with ``ipo_form: sum``, by log pi(y | x) itself as every other loss
+    does. Per token, the target margin 1 / (2 beta) is 5 nats at beta 0.1, which the policy never nears: the
+    squared loss then acts as a linear one."""
+    return config.ipo_form if config.loss == "ipo" else "sum"
 
 
 def batch_logprobs(
@@ -102,7 +117,7 @@ def evaluate_pairs(
     losses, correct, margins = [], [], []
     for begin in range(0, len(pairs), config.batch_size):
         chunk = pairs[begin : begin + config.batch_size]
-        pw, pl, sum_w, len_w = (t.cpu() for t in batch_logprobs(policy, chunk, logprob_reduction(config.loss)))
+        pw, pl, sum_w, len_w = (t.cpu() for t in batch_logprobs(policy, chunk, logprob_reduction(config)))
         rw, rl = ref[0][begin : begin + len(chunk)], ref[1][begin : begin + len(chunk)]
         losses.append(dpo_objective(config, pw, pl, rw, rl, sum_w, len_w, beta).expand(len(chunk)))
         margin = implicit_rewards(pw, rw, beta) - implicit_rewards(pl, rl, beta)
@@ -120,30 +135,35 @@ def evaluate_pairs(
 
 def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
     """Finetune ``data.policy`` in place with the DPO-family loss ``config.loss`` and ``job.beta``; save the
-    best-validation epoch (adapters merged) to ``job.out_dir`` and leave the policy holding it.
+    epoch best by ``config.select_by`` (adapters merged) to ``job.out_dir`` and leave the policy holding it.
 
-    Returns the best epoch's validation metrics (``val_*``), ``best_epoch``, the last epoch's train loss and
-    accuracy, and the validation metrics before training (``val0_*``: the reference itself).
+    Returns the best epoch's validation metrics (``val_*``; ``val_metric`` is ``data.val_score``'s, when given),
+    ``best_epoch``, the last epoch's train loss and accuracy, and the preference validation metrics before
+    training (``val0_*``: the reference itself).
     """
     policy, train, val = data.policy, data.train, data.val
     beta = job.require_beta("dpo")
     if not train or not val:
         raise ValueError(f"dpo needs training and validation pairs (got {len(train)} and {len(val)})")
+    if config.select_by == "val_metric" and data.val_score is None:
+        raise ValueError(
+            "dpo: select_by val_metric needs a val_score (the finetune stage builds it from the evaluator); "
+            "pass one, or set algo.dpo.select_by to val_loss or val_accuracy"
+        )
     torch.manual_seed(job.seed)
     reference, params, optimiser = job.start(policy, config.lr, config.weight_decay)
-    reduction = logprob_reduction(config.loss)
+    reduction = logprob_reduction(config)
     ref_train = reference_logprobs(reference, train, reduction)
     ref_val = reference_logprobs(reference, val, reduction)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = config.epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimiser, min(config.warmup_steps, total), total)
 
-    higher_is_better = config.select_by == "val_accuracy"
-    metric_key = config.select_by.removeprefix("val_")
+    selected = config.select_by.removeprefix("val_")
+    higher_is_better = selected in ("accuracy", "metric")
     initial = evaluate_pairs(policy, val, ref_val, config, beta)
-    best = {f"val_{k}": v for k, v in initial.items()}
-    best["best_epoch"] = 0.0
-    best_state = trainable_state(policy.model)
+    best: dict[str, float] = {}
+    best_state: dict[str, torch.Tensor] = {}
     rng = random.Random(job.seed)
     step = 0
     last: dict[str, float] = {}
@@ -171,11 +191,14 @@ def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
             job.log("dpo/train_margin", margin.mean().item(), step)
         last = {"train_loss": loss_sum / len(train), "train_accuracy": acc_sum / len(train)}
         val_metrics = evaluate_pairs(policy, val, ref_val, config, beta)
+        if data.val_score is not None:
+            val_metrics["metric"] = job.score(policy, data.val_score)
         for k, v in val_metrics.items():
             job.log(f"dpo/val_{k}", v, step)
         job.log("dpo/epoch_train_loss", last["train_loss"], step)
-        value, current = val_metrics[metric_key], best[f"val_{metric_key}"]
-        if epoch == 1 or (value > current if higher_is_better else value < current):
+        value = val_metrics[selected]
+        # a trained epoch is always kept, even where the reference (a tie on every pair) scored better
+        if not best or (value > best[f"val_{selected}"] if higher_is_better else value < best[f"val_{selected}"]):
             best = {f"val_{k}": v for k, v in val_metrics.items()}
             best["best_epoch"] = float(epoch)
             best_state = trainable_state(policy.model)

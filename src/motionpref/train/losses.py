@@ -34,7 +34,11 @@ def dpo_sigmoid_loss(
 
 
 def ipo_loss(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor, beta: float) -> Tensor:
-    """IPO (Azar et al. 2023, eq. 17, the empirical loss with tau = beta): (h - 1 / (2 beta))^2."""
+    """IPO (Azar et al. 2023, eq. 17, the empirical loss with tau = beta): (h - 1 / (2 beta))^2.
+
+    The IPO paper leaves open how an answer's log-probability is aggregated; trl divides it by the answer's length
+    (0.8, which the motion paper ran, and 1.16 alike), the DPO trainer's default (``algo.dpo.ipo_form: mean``),
+    while ``sum`` keeps log pi(y | x) itself. The caller aggregates: h is whatever margin its inputs make."""
     return (log_ratio_margin(policy_w, policy_l, ref_w, ref_l) - 1.0 / (2.0 * beta)) ** 2
 
 
@@ -96,9 +100,10 @@ def implicit_rewards(policy: Tensor, ref: Tensor, beta: float) -> Tensor:
 
 
 def sopo_weight(similarity: Tensor, beta: float, c: float = 2.0) -> Tensor:
-    """SoPo's preferred-term coefficient beta_w = beta (C - S(x_w)), where S(x_w), a cosine in [-1, 1], is how
-    close the dataset motion is to the policy's closest online sample: the further the policy is from it, the
-    harder it is pulled towards it (beta_w runs from beta (C - 1) to beta (C + 1))."""
+    """SoPo's preferred-term coefficient beta_w = beta (C - S(x_w)) (Tan et al. 2024, Eq. 14), where S(x_w), a
+    retrieval score in [0, 1] (cosine / 2 + 1/2), is the dataset motion's similarity to the online samples, the
+    least similar one by default (the authors' code takes the min): the further the policy is from the dataset
+    motion, the harder it is pulled towards it (beta_w runs from beta (C - 1) to beta C)."""
     return beta * (c - similarity)
 
 

@@ -8,10 +8,17 @@ trl 1.x no longer ships PPO, so the loop is written here, step for step as trl's
    ``score_scale`` (trl 0.x ``use_score_scaling``) and clip it to ``score_clip``;
 3. per-token rewards: ``-kl_coef * (log pi - log pi_ref)`` on every answer token, plus the score on the last one;
    optionally whitened over the batch without shifting their mean (trl ``whiten_rewards``);
-4. GAE advantages from a separate value network (the reward model's transformer body plus a fresh scalar head),
-   whitened over the batch; returns = advantages + values;
+4. GAE advantages from a separate value network (a copy of the reward model, head included, as trl's
+   ``value_model``), whitened over the batch; returns = advantages + values;
 5. ``ppo_epochs`` passes of shuffled mini-batches minimising the clipped policy loss + ``vf_coef`` * the clipped
-   value loss, with NEFTune noise on the policy's input embeddings and no dropout.
+   value loss.
+
+No dropout anywhere (policy, LoRA adapters, reference, value network), and NEFTune noise on the policy's input
+embeddings is drawn once per rollout sample and replayed in every later forward of that sample (the old
+log-probabilities, the reference's, every update): the old log-probabilities are then those of exactly the
+function the first update differentiates, so the importance ratio is 1 on the first mini-batch, as PPO assumes.
+Fresh noise per forward (transformers' NEFTune hook) or dropout would start every ratio away from 1 and let the
+clip range be spent on noise.
 
 Samples without a well-formed motion (no end token within ``max_new_tokens``) are dropped from the batch: they
 have no answer to teacher-force in the motion layout; their share is logged as ``ppo/invalid_rate``.
@@ -20,9 +27,9 @@ The policy PPO optimises is the one the sampler runs: logits divided by the temp
 over the tokens the motion grammar allows (``MotionPolicy.sample(constrained=True)``), so the importance ratios,
 the KL to the reference and the entropy are those of the sampled distribution. Unconstrained log-probabilities
 would let an update push mass onto tokens the sampler never emits and make the sampled KL estimate negative.
-That is why log-probabilities are computed here, in the policy's own input layout (which the value network
-shares), rather than with ``MotionPolicy.token_scores``; a test checks they equal ``token_scores`` when neither
-temperature nor grammar applies.
+That is why log-probabilities are computed here, in the policy's own input layout, rather than with
+``MotionPolicy.token_scores``; a test checks they equal ``token_scores`` when neither temperature nor grammar
+applies.
 """
 
 from __future__ import annotations
@@ -32,13 +39,13 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.integrations.neftune import neftune_post_forward_hook
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from motionpref.config import LoraConfig, PPOConfig
@@ -237,45 +244,136 @@ def token_stats(
     return logprobs * layout.mask, entropy_from_logits(logits) * layout.mask
 
 
+def _score_head(model: PreTrainedModel) -> nn.Module:
+    """The scalar head of a ``*ForSequenceClassification`` (T5: ``classification_head``; Llama: ``score``)."""
+    for name in ("classification_head", "score"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ValueError(
+        f"value_init ({type(model).__name__}) has no classification_head or score module; the value network "
+        "starts from a T5ForSequenceClassification or LlamaForSequenceClassification reward model"
+    )
+
+
 class ValueModel(nn.Module):
-    """V(s_t) for every answer token: a copy of a reward model's transformer body (``base_model`` of a
-    ``*ForSequenceClassification``) and a fresh scalar head, run in the answer layout of the body's architecture,
-    so the value of token t sees the prompt and the tokens before t only."""
+    """V(s_t) for every answer token: a copy of the reward model (transformer and head, as trl's value model is
+    loaded from the reward model) run in the reward model's input layout, read where that state ends.
 
-    def __init__(self, reward_model: PreTrainedModel, head_std: float, generator: torch.Generator) -> None:
+    The reward model scores the row ``prompt ids </s> start codes end </s>`` (its collator's right padding) and
+    reads its head at the final ``</s>``. Decoder-only, the value network reads the same row, causally, at the last
+    token of each state ``prompt + a_<t``; at its initialisation the value of a state is the reward model's score
+    of that prefix. T5 (encoder-decoder), the decoder reads the reward model's decoder input token for token (the
+    row shifted right) and the value of s_t is read at the decoder position that has seen ``prompt + a_<t``; the
+    last state is read at the reward model's own read position. The encoder reads the prompt row only (the reward
+    model's encoder input for an empty answer): T5's encoder is bidirectional, so given the whole row it would show
+    every V(s_t) the tokens after t, and re-encoding each prefix as its own row costs a forward per answer token
+    (measured: 17x the value network's time on the workspace models, more than the rest of PPO together)."""
+
+    def __init__(self, reward_model: PreTrainedModel) -> None:
         super().__init__()
-        self.config = reward_model.config
-        self.body = copy.deepcopy(reward_model.base_model)
-        self.head = nn.Linear(self.config.hidden_size, 1)
-        nn.init.normal_(self.head.weight, 0.0, head_std, generator=generator)
-        nn.init.zeros_(self.head.bias)
+        _score_head(reward_model)
+        if reward_model.config.num_labels != 1:
+            raise ValueError(
+                f"value_init has num_labels={reward_model.config.num_labels}; the value network starts from a "
+                "reward model, which has one output"
+            )
+        self.model = copy.deepcopy(reward_model)
+        self.config = self.model.config
+        self.pad_id = self.config.pad_token_id if self.config.pad_token_id is not None else 0
 
-    def forward(self, layout: AnswerLayout) -> Tensor:
-        hidden = layout.select(self.body(**layout.inputs).last_hidden_state)
-        return self.head(hidden).squeeze(-1) * layout.mask
+    def body_inputs(self, prompt_rows: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> dict[str, Tensor]:
+        """What the transformer body reads for these prompt and answer ids (right-padded)."""
+        device = next(self.model.parameters()).device
+        full = [[*p, *a] for p, a in zip(prompt_rows, targets, strict=True)]
+        inputs = {"input_ids": _rows(full, self.pad_id), "attention_mask": _rows([[1] * len(r) for r in full], 0)}
+        if self.config.is_encoder_decoder:
+            # T5ForSequenceClassification's own decoder input: the row shifted right behind the start token (T5
+            # starts from pad when the config names no other, as in answer_layout).
+            start = getattr(self.config, "decoder_start_token_id", None)
+            inputs["decoder_input_ids"] = _rows(
+                [[self.pad_id if start is None else start, *r[:-1]] for r in full], self.pad_id
+            )
+            inputs["input_ids"] = _rows(prompt_rows, self.pad_id)
+            inputs["attention_mask"] = _rows([[1] * len(p) for p in prompt_rows], 0)
+        return {k: v.to(device) for k, v in inputs.items()}
+
+    def forward(self, prompt_rows: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> Tensor:
+        """Values ``(B, L)`` of the states before each answer token (``targets`` the answer ids, ``prompt_rows``
+        the prompt ids), 0 past each answer."""
+        inputs = self.body_inputs(prompt_rows, targets)
+        hidden = self.model.base_model(**inputs, use_cache=False)[0]
+        width = max(len(t) for t in targets)
+        # State s_t = prompt + a_<t ends at full-row column len(prompt) - 1 + t; a T5 decoder position sees the
+        # row up to the column before it, so it reads one column later.
+        shift = 0 if self.config.is_encoder_decoder else 1
+        positions = torch.stack([len(p) - shift + torch.arange(width) for p in prompt_rows]).to(hidden.device)
+        positions = positions.clamp(max=hidden.shape[1] - 1)
+        hidden = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        mask = _rows([[1] * len(t) for t in targets], 0).bool().to(hidden.device)
+        return _score_head(self.model)(hidden).squeeze(-1) * mask
 
 
-@contextmanager
-def neftune(model: nn.Module, alpha: float | None) -> Iterator[None]:
-    """NEFTune (Jain et al. 2023): uniform noise of scale alpha / sqrt(L d) on the input embeddings in forward
-    passes made in training mode, through transformers' hook; removed on exit. ``alpha=None`` does nothing."""
-    if alpha is None:
-        yield
-        return
-    # Not transformers' activate_neftune: it hooks get_input_embeddings() alone, which T5 in transformers 5 never
-    # calls (encoder and decoder own embedding modules tied to it). Hook every embedding sharing its weight.
-    weight = model.get_input_embeddings().weight
-    modules = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is weight]
-    handles = []
-    for module in modules:
-        module.neftune_noise_alpha = alpha
-        handles.append(module.register_forward_hook(neftune_post_forward_hook))
-    try:
-        yield
-    finally:
-        for handle, module in zip(handles, modules, strict=True):
+class NEFTune:
+    """NEFTune (Jain et al. 2023): uniform noise of scale alpha / sqrt(S d) on a model's input embeddings (S the
+    padded width, d the embedding size, as transformers' hook), drawn once per rollout sample and embedding module
+    and replayed in every later forward of that sample, so that all forwards of a sample (old log-probabilities,
+    reference, updates) see the same inputs. ``alpha=None`` adds nothing.
+
+    Noise is added only inside ``rows(samples)``, which names the rollout sample behind each batch row; generation
+    runs outside it, noise-free. ``new_rollout`` forgets the noise of the previous batch."""
+
+    def __init__(self, alpha: float | None, generator: torch.Generator) -> None:
+        self.alpha, self.generator = alpha, generator
+        self._noise: dict[tuple[int, int], Tensor] = {}  # (embedding module index, sample) -> (S, d)
+        self._samples: list[int] | None = None
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def attach(self, model: nn.Module) -> None:
+        """Hook every embedding sharing the input embedding weight (T5's encoder and decoder own modules tied to
+        it; transformers' ``activate_neftune`` hooks ``get_input_embeddings()`` alone, which T5 never calls).
+        Models attached alike (the policy and its frozen copy) number their modules alike and share the noise."""
+        if self.alpha is None:
+            return
+        weight = model.get_input_embeddings().weight
+        modules = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight is weight]
+        for index, module in enumerate(modules):
+            self._handles.append(module.register_forward_hook(partial(self._hook, index)))
+
+    def detach(self) -> None:
+        """Remove the hooks from every attached model."""
+        for handle in self._handles:
             handle.remove()
-            del module.neftune_noise_alpha
+        self._handles.clear()
+
+    def new_rollout(self) -> None:
+        self._noise.clear()
+
+    @contextmanager
+    def rows(self, samples: Sequence[int]) -> Iterator[None]:
+        self._samples = list(samples)
+        try:
+            yield
+        finally:
+            self._samples = None
+
+    def _hook(self, index: int, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        if self._samples is None:
+            return output
+        batch, width, dim = output.shape
+        if len(self._samples) != batch:
+            raise RuntimeError(f"NEFTune: {batch} embedding rows but {len(self._samples)} samples named")
+        keys = [(index, sample) for sample in self._samples]
+        known = [key in self._noise for key in keys]
+        if not any(known):
+            scale = self.alpha / (width * dim) ** 0.5
+            drawn = (torch.rand(batch, width, dim, generator=self.generator) * 2 - 1) * scale
+            self._noise.update(zip(keys, drawn.to(output.dtype), strict=True))
+        elif not all(known) or any(self._noise[key].shape[0] < width for key in keys):
+            # A replayed batch is a subset of the rollout batch, never wider; anything else is a wiring error.
+            raise RuntimeError("NEFTune: a forward mixes new samples with rollout samples or is wider than its rollout")
+        noise = torch.stack([self._noise[key][:width] for key in keys]).to(output.device)
+        return output + noise
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -285,7 +383,7 @@ class _Rollout:
 
     prompts: list[str]
     codes: list[list[int]]
-    logprobs: Tensor  # under the sampling policy
+    logprobs: Tensor  # under the policy that sampled them, in the updates' forward (its NEFTune noise included)
     values: Tensor
     advantages: Tensor
     returns: Tensor
@@ -330,9 +428,9 @@ def run(job: FinetuneJob, config: PPOConfig, data: PPOData) -> dict[str, float]:
     """Finetune ``data.generator.policy`` in place with PPO against ``data.reward_fn`` and save it (adapters
     merged) to ``job.out_dir``.
 
-    The value network is ``value_init``'s transformer body (copied; ``value_init`` is untouched) with a fresh
-    scalar head. The reference is the initial policy (a frozen copy, or with LoRA the base model with the
-    adapters disabled).
+    With ``config.lora`` PPO trains ``job.lora``'s adapters (when enabled; their dropout set to 0), otherwise the
+    whole policy. The value network is a copy of ``value_init`` (``value_init`` is untouched). The reference is
+    the initial policy (a frozen copy, or with LoRA the base model with the adapters disabled).
 
     Logs per step ``ppo/score_mean``, ``ppo/rlhf_reward`` (score - kl_coef * KL), ``ppo/kl`` (sequence KL to the
     reference), ``ppo/entropy`` (per token), ``ppo/policy_loss``, ``ppo/value_loss``, ``ppo/clip_frac``,
@@ -347,13 +445,13 @@ def run(job: FinetuneJob, config: PPOConfig, data: PPOData) -> dict[str, float]:
     policy = data.generator.policy
     _check_value_init(policy, data.value_init)
     policy.model.to(job.device)
-    data.value_init.to(job.device)
-    torch.manual_seed(job.seed)  # NEFTune's noise draws from the global generator
+    torch.manual_seed(job.seed)  # peft draws LoRA's initial adapter weights from the global generator
     rng = random.Random(job.seed)
     batches = _caption_batches(data.captions, config.batch_size, rng)
-    ppo = _PPO(data.generator, data.reward_fn, data.value_init, config, job.lora, job.seed)
+    lora = job.lora.model_copy(update={"dropout": 0.0}) if config.lora else LoraConfig(enabled=False)
+    ppo = _PPO(data.generator, data.reward_fn, data.value_init, config, lora, job.seed)
     history: dict[str, float] = {}
-    with neftune(policy.model, config.neftune_alpha):
+    try:
         for step in track(range(1, config.steps + 1), description="ppo", total=config.steps):
             seeds = [rng.randrange(2**31) for _ in range(config.batch_size)]
             metrics = ppo.step(next(batches), seeds)
@@ -362,6 +460,8 @@ def run(job: FinetuneJob, config: PPOConfig, data: PPOData) -> dict[str, float]:
             history.update(metrics)
             for name, value in metrics.items():
                 job.log(f"ppo/{name}", value, step)
+    finally:
+        ppo.noise.detach()
     job.finish(policy)
     return {**history, "prompts": len(data.captions)}
 
@@ -380,12 +480,16 @@ class _PPO:
     ) -> None:
         self.sampler, self.reward_fn, self.config = generator, reward_fn, config
         policy = self.policy = generator.policy
-        self.generator = torch.Generator().manual_seed(seed)  # value head init, mini-batch order
-        self.value_model = ValueModel(value_init, config.value_head_std, self.generator).to(policy.device)
+        self.generator = torch.Generator().manual_seed(seed)  # NEFTune noise, mini-batch order
+        self.value_model = ValueModel(value_init).to(policy.device)
         disable_dropout(self.value_model)
         disable_dropout(policy.model)
         apply_lora(policy, lora)
         self.reference = Reference(policy)
+        self.noise = NEFTune(config.neftune_alpha, self.generator)
+        self.noise.attach(policy.model)
+        if self.reference.frozen is not None:
+            self.noise.attach(self.reference.frozen.model)
         self.grammar = motion_grammar(policy)
         self.moments = RunningMoments()
         self.params = [p for p in (*policy.model.parameters(), *self.value_model.parameters()) if p.requires_grad]
@@ -403,8 +507,6 @@ class _PPO:
         rollout, rollout_metrics = self.rollout([self.policy.prompt(captions[i]) for i in keep], codes)
         metrics.update(rollout_metrics)
         metrics["length_mean"] = sum(len(c) for c in codes) / len(codes)
-        self.policy.model.train()
-        self.value_model.train()
         updates = [
             self.update(rollout, index)
             for _ in range(config.ppo_epochs)
@@ -415,22 +517,25 @@ class _PPO:
 
     @torch.no_grad()
     def rollout(self, prompts: list[str], codes: list[list[int]]) -> tuple[_Rollout, dict[str, float]]:
-        """Scores, log-probabilities (sampling policy and reference), values, rewards and advantages of a batch.
-        Evaluation mode throughout, so NEFTune adds no noise to the sampling policy or the reference."""
+        """Scores, log-probabilities (current policy and reference), values, rewards and advantages of a batch.
+
+        The forwards are those of the updates: the same models in the same mode, dropout off, and this batch's
+        NEFTune noise (drawn here, replayed in the updates and for the reference), so the first update starts
+        at ratio 1 and the first rollout's KL to the reference is 0."""
         policy, config = self.policy, self.config
-        policy.model.eval()
-        self.value_model.eval()
         layout = answer_layout(policy, prompts, codes, policy.model.config)
         mask = layout.mask
-        logprobs, entropy = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
-        if self.reference.frozen is not None:
-            ref_logprobs, _ = token_stats(
-                self.reference.frozen.model, layout, config.sampling.temperature, self.grammar
-            )
-        else:
-            with policy.model.disable_adapter():
-                ref_logprobs, _ = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
-        values = self.value_model(answer_layout(policy, prompts, codes, self.value_model.config))
+        self.noise.new_rollout()
+        with self.noise.rows(range(len(prompts))):
+            logprobs, entropy = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
+            if self.reference.frozen is not None:
+                ref_logprobs, _ = token_stats(
+                    self.reference.frozen.model, layout, config.sampling.temperature, self.grammar
+                )
+            else:
+                with policy.model.disable_adapter():
+                    ref_logprobs, _ = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
+        values = self.value_model(policy.prompt_ids(prompts), [policy.target_ids(c) for c in codes])
 
         scores = self.reward_fn(prompts, codes)
         if not isinstance(scores, Tensor) or scores.shape != (len(prompts),) or not torch.isfinite(scores).all():
@@ -464,8 +569,9 @@ class _PPO:
         layout = answer_layout(policy, prompts, codes, policy.model.config)
         mask = layout.mask
         old_logprobs, old_values, advantages, returns = rollout.rows(index, mask.shape[1])
-        logprobs, _ = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
-        values = self.value_model(answer_layout(policy, prompts, codes, self.value_model.config))
+        with self.noise.rows(index.tolist()):
+            logprobs, _ = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
+        values = self.value_model(policy.prompt_ids(prompts), [policy.target_ids(c) for c in codes])
         pg_loss, clip_frac = clipped_policy_loss(logprobs, old_logprobs, advantages, mask, config.clip_range)
         vf_loss, vf_clip_frac = clipped_value_loss(values, old_values, returns, mask, config.clip_range_value)
         self.optimiser.zero_grad(set_to_none=True)

@@ -69,7 +69,7 @@ def preference_pairs(prefs: pd.DataFrame, split: str, source: str = "preference 
         present = sorted(str(s) for s in prefs["split"].unique())
         raise ValueError(
             f"{source}: no preferences in split {split!r} (splits present: {present or 'none'}); "
-            "label more pairs or change ingest.val_fraction"
+            "label pairs of more programs, or raise prompts.split.val"
         )
     rows = []
     for rec in part.itertuples(index=False):
@@ -143,6 +143,9 @@ def merge_lora(policy: MotionPolicy) -> None:
 
 
 LogMetric = Callable[[str, float, int], None]
+# a policy's score on held-out data, higher is better (the finetune stage's: the evaluator's R-precision on the val
+# split), computed after each epoch to pick the one kept
+ValScore = Callable[[MotionPolicy], float]
 
 
 @dataclass
@@ -188,15 +191,38 @@ class FinetuneJob:
         policy.model, optimiser = self.accelerator.prepare(policy.model, optimiser)
         return reference, params, optimiser
 
+    def score(self, policy: MotionPolicy, val_score: ValScore) -> float:
+        """``val_score`` of the policy as it stands, without dropout or gradients; its training mode is restored.
+
+        The score samples, which a distributed wrapper cannot (it has no ``generate``): it sees the bare model.
+        """
+        prepared = policy.model
+        policy.model = self.accelerator.unwrap_model(prepared)
+        was_training = policy.model.training
+        policy.model.eval()
+        try:
+            with torch.no_grad():
+                value = float(val_score(policy))
+        finally:
+            policy.model.train(was_training)
+            policy.model = prepared
+        if not math.isfinite(value):
+            raise ValueError(f"the validation score of the policy is {value}, not a finite number")
+        return value
+
     def finish(self, policy: MotionPolicy, state: dict[str, Tensor] | None = None) -> None:
         """Unwrap the policy, load the kept ``state`` (trainable tensors) if given, merge LoRA and save it."""
         policy.model = self.accelerator.unwrap_model(policy.model)
         if state is not None:
             # strict=False because the snapshot holds only the trainable tensors; a key it holds that the model
-            # lacks (a rename) would otherwise load nothing, silently
+            # lacks (a rename) would otherwise load nothing, and a trainable one it lacks would keep the last
+            # epoch's value, both silently
             unexpected = policy.model.load_state_dict(state, strict=False).unexpected_keys
             if unexpected:
                 raise ValueError(f"the kept epoch's weights do not fit the policy: unknown keys {unexpected[:5]}")
+            missing = sorted(n for n, p in policy.model.named_parameters() if p.requires_grad and n not in state)
+            if missing:
+                raise ValueError(f"the kept epoch's weights lack trainable tensors of the policy: {missing[:5]}")
         merge_lora(policy)
         policy.model.requires_grad_(True)  # peft froze the base weights; the merged model is a plain one again
         policy.model.eval()

@@ -98,12 +98,12 @@ def main() -> None:
     for setting in settings:
         config = base.model_copy(update={k: setting[k] for k in ("lr", "steps", "lora")})
         gen = generator()
-        with mlflow.start_run(run_name=setting["name"]), tempfile.TemporaryDirectory() as out:
+        with mlflow.start_run(run_name=setting["name"]), tempfile.TemporaryDirectory() as policy_dir:
             mlflow.log_params({**setting, **{k: v for k, v in config.model_dump().items() if k != "sampling"}})
             job = FinetuneJob(
                 seed=0,
                 lora=params.algo.lora,
-                out_dir=Path(out),
+                out_dir=Path(policy_dir),
                 log_metric=lambda name, value, step: mlflow.log_metric(name, value, step=step),
             )
             start = time.perf_counter()

@@ -80,15 +80,21 @@ def test_logprob_reduction_is_mean_for_ipo_only_unless_asked() -> None:
         ] * 3
 
 
-def test_ipo_form_scores_answers_by_mean_or_summed_logprobs() -> None:
-    """The IPO validation loss of a moved policy against (h - 1 / (2 beta))^2 computed by hand from summed
-    log-probabilities, with each answer's log-ratio per token (over its length) or summed."""
+def moved_policy() -> tuple[MotionPolicy, tuple[torch.Tensor, torch.Tensor]]:
+    """A tiny T5 policy moved away from its reference (whose summed log-probabilities of VAL come with it)."""
     policy = tiny_policy("t5")
     ref = initial_reference("t5", VAL, "sum")
     torch.manual_seed(0)
     with torch.no_grad():
         for p in policy.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    return policy, ref
+
+
+def test_ipo_form_scores_answers_by_mean_or_summed_logprobs() -> None:
+    """The IPO validation loss of a moved policy against (h - 1 / (2 beta))^2 computed by hand from summed
+    log-probabilities, with each answer's log-ratio per token (over its length) or summed."""
+    policy, ref = moved_policy()
     policy.model.eval()
     prompts = [policy.prompt(p.caption) for p in VAL]
     with torch.no_grad():
@@ -288,12 +294,7 @@ def test_same_seed_same_saved_weights(lora: LoraConfig, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ helpers
 def test_evaluate_pairs_is_batch_independent_and_restores_training_mode() -> None:
-    policy = tiny_policy("t5")
-    ref = initial_reference("t5", VAL, "sum")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in policy.model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    policy, ref = moved_policy()
     policy.model.train()
     one = evaluate_pairs(policy, VAL, ref, config(batch_size=1), BETA)
     assert policy.model.training

@@ -28,7 +28,9 @@ CAPTIONS = ["a person walks forward", "a man jumps up", "someone waves the right
 F = 6
 TEXT = TextEncoderConfig(width=16, num_heads=2, ff_size=32)
 MDM_TINY = MDMConfig(feature_dim=F, latent_dim=16, ff_size=32, num_layers=2, num_heads=2, clip_dim=16)
-MLD_TINY = MLDConfig(feature_dim=F, latent_dim=8, vae_ff_size=16, denoiser_ff_size=16, num_heads=2, text_encoded_dim=16)
+MLD_TINY = MLDConfig(
+    feature_dim=F, latent_dim=8, vae_ff_size=16, vae_num_layers=3, denoiser_ff_size=16, num_heads=2, text_encoded_dim=16
+)
 FAST = DiffusionSamplingConfig(steps=5, guidance=2.5)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from motionpref.models.diffusion import is_diffusion_policy
 from motionpref.models.policy import MotionPolicy
 from motionpref.pipeline import STAGES, run_stage
 from tests.conftest import CMU_DIR
@@ -36,6 +38,8 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     algorithms = ["dpo", "rlhf", "sopo"]
     replicates = [f"{algo}_s{k}" for algo in algorithms for k in (1, 2)]  # the report's seed replicates
+    diffusion_winrates = ["mdm_sopo", "mdm_modipo", "mld_sopo", "mld_modipo"]
+    diffusion = [*diffusion_winrates, "mdm_sopo_s1", "mdm_sopo_s2", "mdm_modipo_online"]
     plan: list[tuple[str, str | None]] = [
         *[
             (name, None)
@@ -46,6 +50,9 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
         *[(name, None) for name in ("generate_prompts", "sample_pairs", "label", "ingest_labels", "train_reward")],
         *[(stage, algo) for stage in ("finetune", "evaluate", "winrate") for algo in algorithms],
         *[(stage, name) for stage in ("finetune", "evaluate") for name in replicates],
+        *[(stage, family) for stage in ("train_diffusion", "evaluate") for family in ("mdm", "mld")],
+        *[(stage, name) for stage in ("finetune", "evaluate") for name in diffusion],
+        *[("winrate", name) for name in diffusion_winrates],
         ("report", None),
     ]
     assert {name for name, _ in plan} == set(STAGES)
@@ -101,6 +108,20 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     assert set(comparison["retried"]) >= {"sft", *algorithms}  # the secondary, retried column
     assert len(comparison["winrates"]) == len(algorithms)  # the smoke profile's one temperature each
     assert "| dpo |" in (project / "reports" / "comparison.md").read_text()
+
+    for name in ("mdm", "mld", *diffusion):
+        assert is_diffusion_policy(data / "models" / f"policy_{name}")
+        report = json.loads((project / "reports" / "metrics" / f"{name}.json").read_text())
+        assert report["metrics"]["invalid_rate"] == 0 and "retried" not in report  # a diffusion sample is a motion
+    for name in diffusion:
+        assert metrics[f"finetune@{name}"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference
+    mdm_table, mld_table = comparison["tables"]
+    assert mdm_table["baseline"] == "mdm" and mld_table["baseline"] == "mld"
+    assert set(mdm_table["vs_baseline"]) == {"mdm_sopo", "mdm_modipo", "mdm_modipo_online"}
+    assert len(mdm_table["seed_gains"]["mdm_sopo"]["r_precision_top1"]["per_seed"]) == 3
+    assert set(mld_table["preference_time"]) == {"mld_sopo", "mld_modipo"}
+    assert [w["temperature"] for w in mdm_table["winrates"]] == [1.0, 1.0]  # one cell: no temperature
+    assert "# MDM-style diffusion policy" in (project / "reports" / "comparison.md").read_text()
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("motionpref").experiment_id])

@@ -577,6 +577,241 @@ class PPOConfig(Section):
         return self
 
 
+# ---- diffusion policies (MDM, MLD): train_diffusion@<family>, finetune@<family>_<algorithm> ----------------
+
+
+class TextEncoderConfig(Section):
+    """The text condition of a diffusion policy: a small word-level transformer trained with the policy
+    (``words``), or a frozen CLIP text tower read from a local folder (``clip``), whose projected pooled output
+    both MDM (ViT-B/32, 512-d) and MLD (ViT-L/14, 768-d) condition on."""
+
+    kind: Literal["words", "clip"] = "words"
+    clip_dir: Path | None = None  # for clip: a transformers CLIP folder (config, weights, tokenizer files)
+    # clip: tokens with start and end; MDM cuts HumanML3D captions to 20 + 2 (22), MLD keeps CLIP's 77
+    max_length: int = Field(77, ge=3)
+    width: int = Field(64, ge=2, multiple_of=2)  # words: also the size of the embedding it returns
+    num_layers: int = Field(1, ge=1)  # words
+    num_heads: int = Field(4, ge=1)  # words
+    ff_size: int = Field(128, ge=1)  # words
+    dropout: float = Field(0.1, ge=0, lt=1)  # words
+    max_words: int = Field(48, ge=1)  # words: longer captions are cut
+    min_count: int = Field(1, ge=1)  # words: rarer caption words become [UNK]
+
+    @classmethod
+    def mdm_clip(cls, clip_dir: Path) -> TextEncoderConfig:
+        """MDM's text condition: CLIP ViT-B/32, HumanML3D captions cut to 20 tokens (``clip_encode_text``)."""
+        return cls(kind="clip", clip_dir=clip_dir, max_length=22)
+
+    @classmethod
+    def mld_clip(cls, clip_dir: Path) -> TextEncoderConfig:
+        """MLD's text condition: CLIP ViT-L/14 (``deps/clip-vit-large-patch14``), the tokenizer's 77 tokens."""
+        return cls(kind="clip", clip_dir=clip_dir, max_length=77)
+
+    @model_validator(mode="after")
+    def _check(self) -> TextEncoderConfig:
+        if self.kind == "clip" and self.clip_dir is None:
+            raise ValueError("kind clip needs clip_dir, the folder of a transformers CLIP model")
+        if self.width % self.num_heads:
+            raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class MDMConfig(Section):
+    """MDM's ``trans_enc`` denoiser (Tevet et al. 2023) on normalised HumanML3D (263) or KIT (251) features.
+    Defaults are a tiny CPU model; ``real()`` is the published size."""
+
+    feature_dim: int = Field(263, ge=1)  # MDM's njoints (with nfeats 1)
+    latent_dim: int = Field(64, ge=2, multiple_of=2)  # even: the sinusoidal table interleaves sin and cos
+    ff_size: int = Field(128, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Literal["gelu", "relu"] = "gelu"
+    clip_dim: int = Field(64, ge=1)  # size of the text embedding: the text encoder's (CLIP ViT-B/32: 512)
+    cond_mask_prob: float = Field(0.1, ge=0, lt=1)  # chance a training sample's text is dropped (for guidance)
+    mask_frames: bool = True  # attend only to valid frames (MDM's --mask_frames fix; its 50-step model has it)
+    diffusion_steps: int = Field(1000, ge=2)
+    pos_embed_max_len: int = Field(5000, ge=2)  # one table for frame positions and timesteps
+
+    @classmethod
+    def real(cls, feature_dim: int = 263, diffusion_steps: int = 50) -> MDMConfig:
+        """MDM's ``get_model_args`` for HumanML3D: latent 512, ff 1024, 8 layers, 4 heads, CLIP ViT-B/32. The
+        default is the 50-step model SoPo finetunes (trained with ``--diffusion_steps 50 --mask_frames``); the
+        original release is ``diffusion_steps=1000`` with ``mask_frames=False``."""
+        return cls(
+            feature_dim=feature_dim,
+            latent_dim=512,
+            ff_size=1024,
+            num_layers=8,
+            num_heads=4,
+            clip_dim=512,
+            diffusion_steps=diffusion_steps,
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> MDMConfig:
+        if self.latent_dim % self.num_heads:
+            raise ValueError(f"latent_dim ({self.latent_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.pos_embed_max_len < self.diffusion_steps:
+            raise ValueError(
+                f"pos_embed_max_len ({self.pos_embed_max_len}) must cover diffusion_steps ({self.diffusion_steps}): "
+                "MDM embeds a timestep by its row of the position table"
+            )
+        return self
+
+
+class MLDConfig(Section):
+    """MLD (Chen et al. 2023): a transformer motion VAE and a latent denoiser, both with MLD's long skip
+    connections (so an odd number of layers). Defaults are a tiny CPU model; ``real()`` is the published one."""
+
+    feature_dim: int = Field(263, ge=1)
+    latent_size: int = Field(1, ge=1)  # latent tokens (MLD's latent_dim[0])
+    latent_dim: int = Field(64, ge=1)  # width of a latent token and of both transformers (latent_dim[-1])
+    vae_ff_size: int = Field(128, ge=1)
+    vae_num_layers: int = Field(1, ge=1)
+    denoiser_ff_size: int = Field(128, ge=1)
+    denoiser_num_layers: int = Field(3, ge=1)
+    num_heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    activation: Literal["gelu", "relu"] = "gelu"
+    text_encoded_dim: int = Field(64, ge=1)  # size of the text embedding (CLIP ViT-L/14: 768)
+    guidance_uncondp: float = Field(0.1, ge=0, lt=1)  # chance a training caption becomes "" (for guidance)
+    diffusion_steps: int = Field(1000, ge=2)
+    lambda_kl: float = Field(1e-4, ge=0)  # VAE stage: KL weight against the feature reconstruction
+    max_positions: int = Field(500, ge=2)  # rows of the learned position tables: frames + 2 x latent_size
+
+    @classmethod
+    def real(cls, feature_dim: int = 263) -> MLDConfig:
+        """``config_mld_humanml3d.yaml``: latent 1 x 256, ff 1024, 9 layers, 4 heads, CLIP ViT-L/14 (768)."""
+        return cls(
+            feature_dim=feature_dim,
+            latent_size=1,
+            latent_dim=256,
+            vae_ff_size=1024,
+            vae_num_layers=9,
+            denoiser_ff_size=1024,
+            denoiser_num_layers=9,
+            num_heads=4,
+            text_encoded_dim=768,
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> MLDConfig:
+        if self.latent_dim % self.num_heads:
+            raise ValueError(f"latent_dim ({self.latent_dim}) must be divisible by num_heads ({self.num_heads})")
+        for name in ("vae_num_layers", "denoiser_num_layers"):
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be odd: MLD pairs layers around a middle one")
+        return self
+
+
+class DiffusionSamplingConfig(Section):
+    """DDIM sampling with classifier-free guidance ``uncond + guidance * (cond - uncond)`` (1: no guidance)."""
+
+    steps: int = Field(50, ge=1)
+    guidance: float = Field(2.5, ge=0)
+    eta: float = Field(0.0, ge=0, le=1)  # 0: deterministic DDIM; 1 over every training step: DDPM's sampler
+
+    @classmethod
+    def mdm(cls) -> DiffusionSamplingConfig:
+        """MDM's sampler for its 50-step model: ancestral DDPM over all 50 steps, which is DDIM with eta 1
+        there, and guidance 2.5 (``--guidance_param``)."""
+        return cls(steps=50, guidance=2.5, eta=1.0)
+
+    @classmethod
+    def mld(cls) -> DiffusionSamplingConfig:
+        """MLD's ``scheduler.yaml``: 50 DDIM steps, eta 0, guidance 7.5."""
+        return cls(steps=50, guidance=7.5, eta=0.0)
+
+
+class DiffusionTrainConfig(Section):
+    """Training a diffusion policy (or MLD's VAE) from scratch: AdamW at a constant learning rate (as MDM and MLD)
+    on batches of random training clips."""
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)  # MDM and MLD train their 512 / 256-wide models at 1e-4
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    log_every: int = Field(50, ge=1)
+
+
+class MDMSection(Section):
+    """``train_diffusion@mdm``: train the MDM-style policy here (``scratch``) or load MDM's ``model*.pt``
+    (``mdm``, with ``text`` a CLIP folder and ``model`` MDM's sizes)."""
+
+    init: Literal["scratch", "mdm"] = "scratch"
+    checkpoint: Path | None = None  # for mdm: the model*.pt file
+    text: TextEncoderConfig = TextEncoderConfig()
+    model: MDMConfig = MDMConfig(diffusion_steps=50)  # the 50-step MDM that SoPo finetunes
+    train: DiffusionTrainConfig = DiffusionTrainConfig(steps=3000)
+    sampling: DiffusionSamplingConfig = DiffusionSamplingConfig(steps=10, guidance=2.5, eta=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MDMSection:
+        if self.init == "mdm" and (self.checkpoint is None or self.text.kind != "clip"):
+            raise ValueError("init mdm needs checkpoint (MDM's model*.pt) and text.kind clip with text.clip_dir")
+        return self
+
+
+class MLDSection(Section):
+    """``train_diffusion@mld``: MLD's two stages here (the VAE, then the latent denoiser), or MLD's Lightning
+    checkpoint (``mld``, with ``text`` a CLIP folder and ``model`` MLD's sizes)."""
+
+    init: Literal["scratch", "mld"] = "scratch"
+    checkpoint: Path | None = None  # for mld: the Lightning .ckpt with vae.* and denoiser.*
+    text: TextEncoderConfig = TextEncoderConfig()
+    model: MLDConfig = MLDConfig()
+    vae_train: DiffusionTrainConfig = DiffusionTrainConfig(steps=1500)
+    train: DiffusionTrainConfig = DiffusionTrainConfig(steps=3000)
+    sampling: DiffusionSamplingConfig = DiffusionSamplingConfig(steps=10, guidance=7.5, eta=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> MLDSection:
+        if self.init == "mld" and (self.checkpoint is None or self.text.kind != "clip"):
+            raise ValueError("init mld needs checkpoint (MLD's .ckpt) and text.kind clip with text.clip_dir")
+        return self
+
+
+class DiffusionSection(Section):
+    mdm: MDMSection = MDMSection()
+    mld: MLDSection = MLDSection()
+
+
+class DiffusionSoPoConfig(Section):
+    """SoPo on a diffusion policy (Tan et al. 2024, Eq. 15-16); the token policy's is ``algo.sopo``."""
+
+    variant: Literal["dsopo", "usopo", "sopo_no_vu", "sopo"] = "sopo"
+    k: dict[Literal["mdm", "mld"], Annotated[int, Field(ge=1)]] = {"mdm": 4, "mld": 2}  # online samples / caption
+    tau: float = Field(0.48, ge=0, le=1)
+    beta: float = Field(1.0, gt=0)
+    c: float = Field(2.0, gt=0)
+    s_w: Literal["min", "max"] = "min"
+
+
+class MoDiPOConfig(Section):
+    """MoDiPO (Pappa et al. 2024): K samples per training caption ranked by the retrieval scorer, best against
+    worst, then Diffusion-DPO; offline (pairs from the pretrained policy once) or online (``<family>_modipo_online``:
+    pairs from the current policy every epoch)."""
+
+    k: int = Field(4, ge=2)
+    epochs: int = Field(2, ge=1)
+
+
+class DiffusionAlgoConfig(Section):
+    """Preference finetuning of the diffusion policies: ``finetune@<mdm|mld>_<sopo|modipo|modipo_online>``. Every
+    algorithm sees ``captions_per_epoch`` training captions per epoch in batches of ``batch_size``."""
+
+    beta: float = Field(100.0, gt=0)  # Diffusion-DPO's (MoDiPO's); SoPo's is sopo.beta
+    captions_per_epoch: int | None = Field(640, ge=1)  # a seeded subset of the training clips; null: all
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    sopo: DiffusionSoPoConfig = DiffusionSoPoConfig()
+    modipo: MoDiPOConfig = MoDiPOConfig()
+
+
 class AlgoSection(Section):
     """The preference-finetuning algorithms (``finetune@dpo``, ``finetune@rlhf``, ``finetune@sopo``)."""
 
@@ -586,6 +821,7 @@ class AlgoSection(Section):
     dpo: DPOConfig = DPOConfig()
     sopo: SoPoConfig = SoPoConfig()
     ppo: PPOConfig = PPOConfig()
+    diffusion: DiffusionAlgoConfig = DiffusionAlgoConfig()
 
 
 class WinrateConfig(Section):
@@ -614,8 +850,46 @@ class WinrateConfig(Section):
         return self
 
 
+class ReportTable(Section):
+    """A further table of the comparison: models compared with their own baseline (a pretrained diffusion policy
+    and what was finetuned from it), with each finetuned model's preference-generation time."""
+
+    title: str = Field(min_length=1)
+    baseline: str
+    models: list[str] = Field(min_length=1)
+    winrate_models: list[str] = []
+    replicated: list[str] = []  # finetuned with seeds 0..report.seeds-1
+
+    @model_validator(mode="after")
+    def _baseline_evaluated(self) -> ReportTable:
+        if self.baseline not in self.models:
+            raise ValueError(f"baseline {self.baseline!r} is not among models {self.models}")
+        stray = [m for m in self.replicated if m not in self.models or m in (self.baseline, "gt")]
+        if stray:
+            raise ValueError(f"replicated {stray}: each must be a finetuned model among models {self.models}")
+        return self
+
+
+DIFFUSION_TABLES = [
+    ReportTable(
+        title="MDM-style diffusion policy",
+        baseline="mdm",
+        models=["gt", "mdm", "mdm_sopo", "mdm_modipo", "mdm_modipo_online"],
+        winrate_models=["mdm_sopo", "mdm_modipo"],
+        replicated=["mdm_sopo"],
+    ),
+    ReportTable(
+        title="MLD-style latent diffusion policy",
+        baseline="mld",
+        models=["gt", "mld", "mld_sopo", "mld_modipo"],
+        winrate_models=["mld_sopo", "mld_modipo"],
+    ),
+]
+
+
 class ReportConfig(Section):
-    """The cross-model comparison (reports/comparison.md): which models' metrics and win rates it reads."""
+    """The cross-model comparison (reports/comparison.md): which models' metrics and win rates it reads; the
+    token policies against ``baseline``, then each of ``tables`` against its own."""
 
     baseline: str = "sft"  # the model every other one is compared with, replication by replication
     models: list[str] = ["gt", "sft", "dpo", "rlhf", "sopo"]  # reports/metrics/<model>.json
@@ -624,6 +898,7 @@ class ReportConfig(Section):
     # gains across seeds are the report's headline; seeds 1 reports seed 0 alone
     replicated: list[str] = ["dpo", "rlhf", "sopo"]
     seeds: int = Field(3, ge=1)
+    tables: list[ReportTable] = DIFFUSION_TABLES
 
     @model_validator(mode="after")
     def _baseline_evaluated(self) -> ReportConfig:
@@ -652,6 +927,7 @@ class Params(Section):
     evaluator: EvaluatorSection = EvaluatorSection()
     retrieval: RetrievalSection = RetrievalSection()
     policy: PolicySection = PolicySection()
+    diffusion: DiffusionSection = DiffusionSection()
     evaluate: EvaluateSection = EvaluateSection()
     prompts: PromptsConfig = PromptsConfig()
     pairs: PairsConfig = PairsConfig()
@@ -777,150 +1053,3 @@ def params_hash(data: dict[str, Any]) -> str:
     """Short stable hash of the params a stage reads, to tell runs apart at a glance."""
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-# ---- diffusion policies (MDM, MLD): the library takes these directly; no stage reads them yet -------------
-
-
-class TextEncoderConfig(Section):
-    """The text condition of a diffusion policy: a small word-level transformer trained with the policy
-    (``words``), or a frozen CLIP text tower read from a local folder (``clip``), whose projected pooled output
-    both MDM (ViT-B/32, 512-d) and MLD (ViT-L/14, 768-d) condition on."""
-
-    kind: Literal["words", "clip"] = "words"
-    clip_dir: Path | None = None  # for clip: a transformers CLIP folder (config, weights, tokenizer files)
-    # clip: tokens with start and end; MDM cuts HumanML3D captions to 20 + 2 (22), MLD keeps CLIP's 77
-    max_length: int = Field(77, ge=3)
-    width: int = Field(64, ge=2, multiple_of=2)  # words: also the size of the embedding it returns
-    num_layers: int = Field(1, ge=1)  # words
-    num_heads: int = Field(4, ge=1)  # words
-    ff_size: int = Field(128, ge=1)  # words
-    dropout: float = Field(0.1, ge=0, lt=1)  # words
-    max_words: int = Field(48, ge=1)  # words: longer captions are cut
-    min_count: int = Field(1, ge=1)  # words: rarer caption words become [UNK]
-
-    @classmethod
-    def mdm_clip(cls, clip_dir: Path) -> TextEncoderConfig:
-        """MDM's text condition: CLIP ViT-B/32, HumanML3D captions cut to 20 tokens (``clip_encode_text``)."""
-        return cls(kind="clip", clip_dir=clip_dir, max_length=22)
-
-    @classmethod
-    def mld_clip(cls, clip_dir: Path) -> TextEncoderConfig:
-        """MLD's text condition: CLIP ViT-L/14 (``deps/clip-vit-large-patch14``), the tokenizer's 77 tokens."""
-        return cls(kind="clip", clip_dir=clip_dir, max_length=77)
-
-    @model_validator(mode="after")
-    def _check(self) -> TextEncoderConfig:
-        if self.kind == "clip" and self.clip_dir is None:
-            raise ValueError("kind clip needs clip_dir, the folder of a transformers CLIP model")
-        if self.width % self.num_heads:
-            raise ValueError(f"width ({self.width}) must be divisible by num_heads ({self.num_heads})")
-        return self
-
-
-class MDMConfig(Section):
-    """MDM's ``trans_enc`` denoiser (Tevet et al. 2023) on normalised HumanML3D (263) or KIT (251) features.
-    Defaults are a tiny CPU model; ``real()`` is the published size."""
-
-    feature_dim: int = Field(263, ge=1)  # MDM's njoints (with nfeats 1)
-    latent_dim: int = Field(64, ge=2, multiple_of=2)  # even: the sinusoidal table interleaves sin and cos
-    ff_size: int = Field(128, ge=1)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    activation: Literal["gelu", "relu"] = "gelu"
-    clip_dim: int = Field(64, ge=1)  # size of the text embedding: the text encoder's (CLIP ViT-B/32: 512)
-    cond_mask_prob: float = Field(0.1, ge=0, lt=1)  # chance a training sample's text is dropped (for guidance)
-    mask_frames: bool = True  # attend only to valid frames (MDM's --mask_frames fix; its 50-step model has it)
-    diffusion_steps: int = Field(1000, ge=2)
-    pos_embed_max_len: int = Field(5000, ge=2)  # one table for frame positions and timesteps
-
-    @classmethod
-    def real(cls, feature_dim: int = 263, diffusion_steps: int = 50) -> MDMConfig:
-        """MDM's ``get_model_args`` for HumanML3D: latent 512, ff 1024, 8 layers, 4 heads, CLIP ViT-B/32. The
-        default is the 50-step model SoPo finetunes (trained with ``--diffusion_steps 50 --mask_frames``); the
-        original release is ``diffusion_steps=1000`` with ``mask_frames=False``."""
-        return cls(
-            feature_dim=feature_dim,
-            latent_dim=512,
-            ff_size=1024,
-            num_layers=8,
-            num_heads=4,
-            clip_dim=512,
-            diffusion_steps=diffusion_steps,
-        )
-
-    @model_validator(mode="after")
-    def _check(self) -> MDMConfig:
-        if self.latent_dim % self.num_heads:
-            raise ValueError(f"latent_dim ({self.latent_dim}) must be divisible by num_heads ({self.num_heads})")
-        if self.pos_embed_max_len < self.diffusion_steps:
-            raise ValueError(
-                f"pos_embed_max_len ({self.pos_embed_max_len}) must cover diffusion_steps ({self.diffusion_steps}): "
-                "MDM embeds a timestep by its row of the position table"
-            )
-        return self
-
-
-class MLDConfig(Section):
-    """MLD (Chen et al. 2023): a transformer motion VAE and a latent denoiser, both with MLD's long skip
-    connections (so an odd number of layers). Defaults are a tiny CPU model; ``real()`` is the published one."""
-
-    feature_dim: int = Field(263, ge=1)
-    latent_size: int = Field(1, ge=1)  # latent tokens (MLD's latent_dim[0])
-    latent_dim: int = Field(32, ge=1)  # width of a latent token and of both transformers (latent_dim[-1])
-    vae_ff_size: int = Field(64, ge=1)
-    vae_num_layers: int = Field(3, ge=1)
-    denoiser_ff_size: int = Field(64, ge=1)
-    denoiser_num_layers: int = Field(3, ge=1)
-    num_heads: int = Field(4, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    activation: Literal["gelu", "relu"] = "gelu"
-    text_encoded_dim: int = Field(64, ge=1)  # size of the text embedding (CLIP ViT-L/14: 768)
-    guidance_uncondp: float = Field(0.1, ge=0, lt=1)  # chance a training caption becomes "" (for guidance)
-    diffusion_steps: int = Field(1000, ge=2)
-    lambda_kl: float = Field(1e-4, ge=0)  # VAE stage: KL weight against the feature reconstruction
-    max_positions: int = Field(500, ge=2)  # rows of the learned position tables: frames + 2 x latent_size
-
-    @classmethod
-    def real(cls, feature_dim: int = 263) -> MLDConfig:
-        """``config_mld_humanml3d.yaml``: latent 1 x 256, ff 1024, 9 layers, 4 heads, CLIP ViT-L/14 (768)."""
-        return cls(
-            feature_dim=feature_dim,
-            latent_size=1,
-            latent_dim=256,
-            vae_ff_size=1024,
-            vae_num_layers=9,
-            denoiser_ff_size=1024,
-            denoiser_num_layers=9,
-            num_heads=4,
-            text_encoded_dim=768,
-        )
-
-    @model_validator(mode="after")
-    def _check(self) -> MLDConfig:
-        if self.latent_dim % self.num_heads:
-            raise ValueError(f"latent_dim ({self.latent_dim}) must be divisible by num_heads ({self.num_heads})")
-        for name in ("vae_num_layers", "denoiser_num_layers"):
-            if getattr(self, name) % 2 == 0:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be odd: MLD pairs layers around a middle one")
-        return self
-
-
-class DiffusionSamplingConfig(Section):
-    """DDIM sampling with classifier-free guidance ``uncond + guidance * (cond - uncond)`` (1: no guidance)."""
-
-    steps: int = Field(50, ge=1)
-    guidance: float = Field(2.5, ge=0)
-    eta: float = Field(0.0, ge=0, le=1)  # 0: deterministic DDIM; 1 over every training step: DDPM's sampler
-
-    @classmethod
-    def mdm(cls) -> DiffusionSamplingConfig:
-        """MDM's sampler for its 50-step model: ancestral DDPM over all 50 steps, which is DDIM with eta 1
-        there, and guidance 2.5 (``--guidance_param``)."""
-        return cls(steps=50, guidance=2.5, eta=1.0)
-
-    @classmethod
-    def mld(cls) -> DiffusionSamplingConfig:
-        """MLD's ``scheduler.yaml``: 50 DDIM steps, eta 0, guidance 7.5."""
-        return cls(steps=50, guidance=7.5, eta=0.0)

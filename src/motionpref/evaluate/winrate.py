@@ -168,7 +168,14 @@ def compare(
     for i in range(len(sft_seen)):
         # every pair draws its noise, so a pair's verdict does not depend on which others were identical
         choice, degree = judge.judgment(sft_seen[i], finetuned_seen[i], rng)
-        identical = sft.codes[i] == finetuned.codes[i] and (sft.features[i] is None) == (finetuned.features[i] is None)
+        a, b = sft.features[i], finetuned.features[i]
+        if sft.codes[i] or finetuned.codes[i]:
+            # token motions: the codes are the motion (decoded in batches of other sizes, equal codes may differ
+            # in the features' last bits)
+            identical = sft.codes[i] == finetuned.codes[i] and (a is None) == (b is None)
+        else:
+            # a diffusion sample has no codes, only its features
+            identical = (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
         out.append(verdict(choice, degree, identical))
     return out
 
@@ -247,8 +254,9 @@ def _pct(p: Mapping[str, Any]) -> str:
 def markdown(study: Mapping[str, Any]) -> str:
     """The study as a markdown table: one row per (model, temperature)."""
     who = {"simulated": "the simulated labelers (synthetic judge)", "ai": "the retrieval scorer (AI feedback)"}
+    base = study.get("baseline", "sft")
     lines = [
-        "# Win rates against the supervised model",
+        f"# Win rates against {'the supervised model' if base == 'sft' else f'the pretrained {base}'}",
         "",
         f"{study['prompts']} held-out prompts (the test split: programs no preference pair was sampled for), one "
         f"motion per prompt from each model with the same seed, judged by {who.get(study['judge'], study['judge'])}. "
@@ -256,7 +264,7 @@ def markdown(study: Mapping[str, Any]) -> str:
         "negligible difference. Score: the judge's mean score of each side's motions +- 95% interval (an invalid "
         "sample scores 0).",
         "",
-        "| model | T | n | win | tie | loss | win excl. ties | score SFT | score model | invalid SFT / model |",
+        f"| model | T | n | win | tie | loss | win excl. ties | score {base} | score model | invalid {base} / model |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in study["cells"]:
@@ -301,7 +309,8 @@ def plot_png(study: Mapping[str, Any]) -> bytes:
     ax.set_xticks(np.arange(len(temperatures)), [f"T = {temperature_label(t)}" for t in temperatures])
     ax.set_ylim(0, 100 if len(models) == 1 else 118)
     ax.set_ylabel("% of prompts")
-    title = "finetuned models vs SFT" if len(models) > 1 else f"{models[0]} vs SFT"
+    base = study.get("baseline", "sft")
+    title = f"finetuned models vs {base}" if len(models) > 1 else f"{models[0]} vs {base}"
     ax.set_title(f"{title} ({study['prompts']} prompts, {study['judge']} judge)", fontsize=9)
     fig.legend(loc="outside lower center", fontsize=8, ncols=3)
     buffer = io.BytesIO()

@@ -455,6 +455,26 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tens
     return torch.randn(shape, generator=generator, device=_generator_device(generator)).to(like)
 
 
+def _noise(
+    shape: tuple[int, ...],
+    generator: torch.Generator | None,
+    rows: Sequence[torch.Generator] | None,
+    like: Tensor,
+    lengths: Sequence[int] | None = None,
+) -> Tensor:
+    """Gaussian noise of ``shape``: from ``generator``, or row by row from one CPU generator per row. With
+    ``lengths`` (a family masked by frame), row i draws ``lengths[i]`` frames and is zero past them: torch's CPU
+    sampler gives no prefix guarantee (randn(30)[:18] != randn(18)), so drawing at the batch's longest length
+    would make a row's noise depend on the rest of the batch."""
+    if rows is None:
+        return _randn(shape, generator, like)
+    out = torch.zeros(shape)
+    for i, g in enumerate(rows):
+        n = shape[1] if lengths is None else int(lengths[i])
+        out[i, :n] = torch.randn((n, *shape[2:]), generator=g)
+    return out.to(like)
+
+
 class DiffusionPolicy(nn.Module, ABC):
     """A text-conditioned diffusion model over a "diffusion space" (MDM: the motion frames; MLD: the VAE latent),
     with diffusers' DDPM noising for training and DDIM sampling with batched classifier-free guidance."""
@@ -559,11 +579,18 @@ class DiffusionPolicy(nn.Module, ABC):
         lengths: Sequence[int] | Tensor,
         config: DiffusionSamplingConfig | None = None,
         generator: torch.Generator | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> Tensor:
         """(B, max(lengths), F) normalised motions, zero past each length: DDIM from Gaussian noise, every step
-        one denoiser forward on [unconditional rows; conditional rows] when guidance is not 1."""
+        one denoiser forward on [unconditional rows; conditional rows] when guidance is not 1.
+
+        ``seeds`` (one per row, instead of ``generator``) draws each row's noise from its own generator, so a
+        row's sample depends on its caption, length and seed alone, never on the rest of the batch."""
         config = config or DiffusionSamplingConfig()
         texts = _check_texts(texts)
+        if seeds is not None and (generator is not None or len(seeds) != len(texts)):
+            raise ValueError(f"pass one seed per text ({len(texts)}) and no generator, got {len(seeds)} seeds")
+        rows = [torch.Generator().manual_seed(int(s)) for s in seeds] if seeds is not None else None
         if config.steps > self.config.diffusion_steps:
             raise ValueError(f"{config.steps} sampling steps exceed the {self.config.diffusion_steps} training steps")
         mask = lengths_to_mask(lengths).to(self.device)
@@ -579,14 +606,16 @@ class DiffusionPolicy(nn.Module, ABC):
             if guided:
                 cond = torch.cat([self.null_condition(len(texts)), cond])
                 dmask = torch.cat([mask, mask]) if masked else None
-            x = _randn(shape, generator, cond) * scheduler.init_noise_sigma
+            row_lengths = mask.sum(1).tolist() if masked else None
+            x = _noise(shape, generator, rows, cond, row_lengths) * scheduler.init_noise_sigma
             for t in scheduler.timesteps:
                 x_in = torch.cat([x, x]) if guided else x
                 out = self.denoise(x_in, t.to(self.device).expand(x_in.shape[0]), cond, dmask)
                 if guided:
                     uncond, conditional = out.chunk(2)
                     out = uncond + config.guidance * (conditional - uncond)
-                x = scheduler.step(out, t, x, eta=config.eta, generator=generator).prev_sample
+                variance = _noise(shape, None, rows, x, row_lengths) if rows is not None and config.eta > 0 else None
+                x = scheduler.step(out, t, x, eta=config.eta, generator=generator, variance_noise=variance).prev_sample
             return self.from_diffusion(x, mask)
 
     # -- disk ------------------------------------------------------------------------------------
@@ -678,9 +707,11 @@ class MLDPolicy(DiffusionPolicy):
     def to_diffusion(
         self, motions: Tensor, mask: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        # MLD's diffusion stage: a sample of the frozen VAE's posterior, never a gradient into the VAE
+        # The frozen VAE's posterior MEAN, never a gradient into the VAE. MLD samples the posterior, which after
+        # its long VAE stage is sharp; a VAE trained for a few thousand CPU steps keeps a posterior std near 1
+        # (measured 0.99 against |mu| 0.86), so its samples would be mostly noise. For a trained MLD the two agree.
         with torch.no_grad():
-            return self.vae.encode(motions, mask, generator)[0], None
+            return self.vae.encode(motions, mask, generator)[1], None
 
     def from_diffusion(self, x0: Tensor, mask: Tensor) -> Tensor:
         return self.vae.decode(x0, mask)
@@ -700,6 +731,15 @@ class MLDPolicy(DiffusionPolicy):
 
 
 FAMILIES: dict[str, type[DiffusionPolicy]] = {"mdm": MDMPolicy, "mld": MLDPolicy}
+
+
+def is_diffusion_policy(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a saved diffusion policy (its config.json names this format), not a token one."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_policy(directory: str | os.PathLike, device: str | torch.device = "cpu") -> DiffusionPolicy:

@@ -30,6 +30,15 @@ def policy(name: str) -> str:
     return f"{MODELS}/policy_{name}"
 
 
+DIFFUSION_FAMILIES = ("mdm", "mld")
+
+
+def base_model(model: str) -> str:
+    """The model a finetuned one started from: ``mdm`` for ``mdm_sopo``, ``mld`` for ``mld_modipo``, else ``sft``."""
+    family = model.split("_")[0]
+    return family if family in DIFFUSION_FAMILIES else "sft"
+
+
 def replicate(model: str, k: int) -> str:
     """Seed replicate ``k`` of a finetuned model (``finetune@dpo_s1``: ``algo.seed + 1``); replicate 0 is the model."""
     return model if k == 0 else f"{model}_s{k}"

@@ -2,7 +2,10 @@
 interval over replications, plus the synthetic judge's score of its samples.
 
 ``gt`` scores the test motions themselves, the "Real motion" row; any other item names a policy folder
-``data/models/policy_<item>`` (``sft`` is the supervised one).
+``data/models/policy_<item>``: a token policy (``sft`` is the supervised one) or a diffusion policy (``mdm``,
+``mld`` and their finetuned ones), sampled with ``diffusion.<family>.sampling`` at the reference crops' lengths
+as MDM and MLD evaluate; a diffusion sample is always a motion, so its ``invalid_rate`` is 0 and it has no
+``retried`` column.
 
 A model's primary numbers are those of its first samples, as MotionGPT's protocol scores them: a sample that
 never closes its motion is not drawn again but scored as the dataset's mean pose held for ``data.min_len`` frames
@@ -46,6 +49,8 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     if item == "gt":
         sample_fn = ground_truth_sample_fn(test)
     else:
+        from motionpref.models import diffusion
+        from motionpref.models.diffusion_generator import DiffusionGenerator
         from motionpref.models.generator import MotionGenerator
         from motionpref.models.policy import MotionPolicy
         from motionpref.models.vqvae import MotionVQVAE
@@ -54,14 +59,19 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         if not policy_dir.is_dir():
             raise FileNotFoundError(f"{policy_dir}: no policy for evaluate@{item}")
         mean, std = spec.stats()
-        generator = MotionGenerator(
-            MotionPolicy.load(policy_dir),
-            MotionVQVAE.load(ctx.path(artifacts.VQVAE)),
-            mean,
-            std,
-            cfg.sampling,
-            fallback_frames=params.data.min_len,
-        )
+        if diffusion.is_diffusion_policy(policy_dir):
+            policy = diffusion.load_policy(policy_dir)
+            sampling = (params.diffusion.mdm if policy.family == "mdm" else params.diffusion.mld).sampling
+            generator: DiffusionGenerator | MotionGenerator = DiffusionGenerator(policy, mean, std, sampling)
+        else:
+            generator = MotionGenerator(
+                MotionPolicy.load(policy_dir),
+                MotionVQVAE.load(ctx.path(artifacts.VQVAE)),
+                mean,
+                std,
+                cfg.sampling,
+                fallback_frames=params.data.min_len,
+            )
         sample_fn = generator.sample_fn(counter)
     result = evaluate_model(sample_fn, test, evaluator, cfg.sizes, seed)
     invalid = dict(counter)  # before the judge draws samples of its own

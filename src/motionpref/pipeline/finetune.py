@@ -3,7 +3,9 @@
 - ``dpo``: the DPO family (``algo.dpo.loss``: sigmoid | ipo | hinge | kto) on the labelled pairs, beta ``algo.beta``;
 - ``rlhf``: PPO against the reward model (``train_reward``), on the training split's prompts;
 - ``sopo``: semi-online preference optimisation, dataset motions against the policy's own samples scored by the
-  retrieval scorer, beta ``algo.sopo.beta``.
+  retrieval scorer, beta ``algo.sopo.beta``;
+- ``<mdm|mld>_sopo``, ``<mdm|mld>_modipo``, ``<mdm|mld>_modipo_online``: SoPo and MoDiPO (Diffusion-DPO, beta
+  ``algo.diffusion.beta``) on the diffusion policy ``policy_<family>`` (``train.diffusion``).
 
 Each algorithm module exposes ``run(job, config, data)``; this stage only gathers its inputs. Every algorithm is
 seeded from ``algo.seed`` (the finetuning replicate) as well as the global seed; the item ``<algo>_s<k>`` is
@@ -95,7 +97,47 @@ def _sopo(params: Params, ctx: StageContext) -> tuple[Callable[..., dict[str, An
     return sopo.run, cfg, data, cfg.beta
 
 
-ALGORITHMS = {"dpo": _dpo, "rlhf": _rlhf, "sopo": _sopo}  # algorithm -> (params, ctx) -> (run, config, data, beta)
+def _diffusion(family: str, algorithm: str) -> Callable[[Params, StageContext], tuple[Any, ...]]:
+    """finetune@<family>_<algorithm> on the diffusion policy ``data/models/policy_<family>``."""
+
+    def gather(params: Params, ctx: StageContext) -> tuple[Callable[..., dict[str, Any]], Any, Any, float | None]:
+        from functools import partial
+
+        from motionpref.models.diffusion import load_policy
+        from motionpref.models.retrieval import RetrievalModel
+        from motionpref.train import diffusion
+
+        cfg = params.algo.diffusion
+        spec = ctx.dataset(params.data)
+        entries = spec.load("train")
+        mean, std = spec.stats()
+        examples = diffusion.DiffusionExamples(
+            [((e.features - mean) / std).astype("float32") for e in entries],
+            [[c.text for c in e.captions] for e in entries],
+        )
+        sampling = (params.diffusion.mdm if family == "mdm" else params.diffusion.mld).sampling
+        data = diffusion.DiffusionFinetuneData(
+            load_policy(ctx.path(artifacts.policy(family))),
+            RetrievalModel.load(ctx.path(artifacts.RETRIEVAL)),
+            examples,
+            mean,
+            std,
+            sampling,
+        )
+        if algorithm == "sopo":
+            return partial(diffusion.run_sopo, family=family), cfg, data, cfg.sopo.beta
+        return partial(diffusion.run_modipo, online=algorithm == "modipo_online"), cfg, data, cfg.beta
+
+    return gather
+
+
+# algorithm -> (params, ctx) -> (run, config, data, beta)
+ALGORITHMS = {
+    "dpo": _dpo,
+    "rlhf": _rlhf,
+    "sopo": _sopo,
+    **{f"{f}_{a}": _diffusion(f, a) for f in ("mdm", "mld") for a in ("sopo", "modipo", "modipo_online")},
+}
 
 
 def _algorithm(item: str) -> tuple[str, int]:

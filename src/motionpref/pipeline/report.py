@@ -1,6 +1,9 @@
-"""Stage report: every evaluated model side by side, each finetuned model against the supervised one
+"""Stage report: every evaluated model side by side, each finetuned model against the model it started from
 (paired, replication by replication, and across its seed replicates) and the win rates, into
-reports/comparison.{json,md}."""
+reports/comparison.{json,md}: the token policies against ``report.baseline``, then each of ``report.tables``
+(the diffusion policies) against its own baseline, with the preference-generation time of each finetuned
+model (``preference_seconds`` of reports/finetune/<model>.json, the SoPo paper's Table 1 "Time").
+"""
 
 from __future__ import annotations
 
@@ -15,24 +18,46 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.report.compare import compare_models, markdown, read_report, winrate_rows
 
     cfg = params.report
-    paths = {m: ctx.path(artifacts.model_metrics(m)) for m in cfg.models}
-    replicates = {
-        m: [read_report(ctx.path(artifacts.model_metrics(artifacts.replicate(m, k)))) for k in range(cfg.seeds)]
-        for m in cfg.replicated
-        if cfg.seeds > 1
-    }
-    comparison = compare_models(
-        {m: read_report(p) for m, p in paths.items()}, cfg.baseline, {m: str(p) for m, p in paths.items()}, replicates
-    )
-    winrates = winrate_rows({m: read_report(ctx.path(artifacts.winrate_report(m, "json"))) for m in cfg.winrate_models})
-    write_json(ctx.path(artifacts.REPORTS, "comparison.json"), {**comparison, "winrates": winrates})
+
+    def table(baseline: str, models: list[str], replicated: list[str], winrate_models: list[str]) -> dict[str, Any]:
+        paths = {m: ctx.path(artifacts.model_metrics(m)) for m in models}
+        replicates = {
+            m: [read_report(ctx.path(artifacts.model_metrics(artifacts.replicate(m, k)))) for k in range(cfg.seeds)]
+            for m in replicated
+            if cfg.seeds > 1
+        }
+        comparison = compare_models(
+            {m: read_report(p) for m, p in paths.items()}, baseline, {m: str(p) for m, p in paths.items()}, replicates
+        )
+        winrates = winrate_rows({m: read_report(ctx.path(artifacts.winrate_report(m, "json"))) for m in winrate_models})
+        return {**comparison, "winrates": winrates}
+
+    main_table = table(cfg.baseline, cfg.models, cfg.replicated, cfg.winrate_models)
+    tables = []
+    for t in cfg.tables:
+        extra = table(t.baseline, t.models, t.replicated, t.winrate_models)
+        extra["title"] = t.title
+        extra["preference_time"] = {
+            m: {
+                k: read_report(ctx.path(artifacts.finetune_report(m)))[k]
+                for k in ("preference_seconds", "preference_seconds_per_caption")
+            }
+            for m in t.models
+            if m not in ("gt", t.baseline)
+        }
+        tables.append(extra)
+    write_json(ctx.path(artifacts.REPORTS, "comparison.json"), {**main_table, "tables": tables})
     md = ctx.path(artifacts.REPORTS, "comparison.md")
-    write_text(md, markdown(comparison, winrates))
+    text = markdown(main_table, main_table["winrates"])
+    for extra in tables:
+        text += "\n" + markdown(extra, extra["winrates"], extra["title"], extra["preference_time"])
+    write_text(md, text)
     ctx.run.log_artifact(md)
     return {
-        f"{name}/{metric}_{kind}_{cfg.baseline}": diff["mean"]
-        for kind, table in (("vs", comparison["vs_baseline"]), ("seed_gain_over", comparison["seed_gains"]))
-        for name, diffs in table.items()
+        f"{name}/{metric}_{kind}_{comparison['baseline']}": diff["mean"]
+        for comparison in (main_table, *tables)
+        for kind, rows in (("vs", comparison["vs_baseline"]), ("seed_gain_over", comparison["seed_gains"]))
+        for name, diffs in rows.items()
         for metric, diff in diffs.items()
     }
 

@@ -1,6 +1,9 @@
-"""Stage winrate@<model>: a finetuned model (``data/models/policy_<model>``) against the supervised one on
-held-out prompts, at several temperatures, judged by the simulated labelers (or the retrieval scorer with
-``labels.labeler: ai``); writes reports/winrate/<model>.{json,md,png}.
+"""Stage winrate@<model>: a finetuned model (``data/models/policy_<model>``) against the model it started from
+(``artifacts.base_model``: the supervised token policy, or the pretrained ``mdm`` / ``mld``) on held-out prompts,
+judged by the simulated labelers (or the retrieval scorer with ``labels.labeler: ai``); writes
+reports/winrate/<model>.{json,md,png}. A token policy is compared at each of ``winrate.temperatures``; a
+diffusion policy, which has no temperature, in one cell at ``diffusion.<family>.sampling``, each prompt at a
+length drawn from the val clips' lengths with the prompt's seed (the same for both models).
 
 Held out means the test split of prompts.parquet: programs that no pair, so no preference, was sampled for.
 The pool (at most ``winrate.prompts`` of them, a seeded subset) is drawn from the prompts alone, so it does not
@@ -20,6 +23,8 @@ ITEM = "model"
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.evaluate.winrate import flat_metrics, held_out_prompts, winrate_study, write_reports
+    from motionpref.models.diffusion import load_policy
+    from motionpref.models.diffusion_generator import DiffusionGenerator
     from motionpref.models.generator import MotionGenerator
     from motionpref.models.policy import MotionPolicy
     from motionpref.models.retrieval import RetrievalModel
@@ -40,13 +45,28 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     scorer = partial(RetrievalModel.load, ctx.path(artifacts.RETRIEVAL))
     judge = make_judge(params.labels, prompts, spec.skeleton, scorer, str(prompts_path))
     mean, std = spec.stats()
-    vqvae = MotionVQVAE.load(ctx.path(artifacts.VQVAE))
+    base = artifacts.base_model(name)
 
-    def generator(model: str) -> MotionGenerator:
-        policy = MotionPolicy.load(ctx.path(artifacts.policy(model)))
-        return MotionGenerator(policy, vqvae, mean, std, cfg.sampling, fallback_frames=params.data.min_len)
+    if base == "sft":
+        vqvae = MotionVQVAE.load(ctx.path(artifacts.VQVAE))
+        temperatures = cfg.temperatures
 
-    study = winrate_study(generator("sft"), {name: generator(name)}, prompts, cfg.temperatures, judge, seed)
+        def generator(model: str) -> MotionGenerator | DiffusionGenerator:
+            policy = MotionPolicy.load(ctx.path(artifacts.policy(model)))
+            return MotionGenerator(policy, vqvae, mean, std, cfg.sampling, fallback_frames=params.data.min_len)
+
+    else:
+        # a diffusion sampler has no temperature: one cell, at diffusion.<family>.sampling
+        sampling = (params.diffusion.mdm if base == "mdm" else params.diffusion.mld).sampling
+        lengths = [e.length for e in spec.load("val")]
+        temperatures = [1.0]
+
+        def generator(model: str) -> MotionGenerator | DiffusionGenerator:
+            policy = load_policy(ctx.path(artifacts.policy(model)))
+            return DiffusionGenerator(policy, mean, std, sampling, lengths=lengths)
+
+    study = winrate_study(generator(base), {name: generator(name)}, prompts, temperatures, judge, seed)
+    study["baseline"] = base
     study["test_prompts"] = int((table["split"] == "test").sum())  # the pool ``prompts`` was drawn from
     paths = [ctx.path(artifacts.winrate_report(name, ext)) for ext in ("json", "md", "png")]
     write_reports(study, *paths)

@@ -200,10 +200,17 @@ def _metric_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str]) ->
     return out
 
 
-def markdown(comparison: Mapping[str, Any], winrates: Sequence[Mapping[str, Any]]) -> str:
+def markdown(
+    comparison: Mapping[str, Any],
+    winrates: Sequence[Mapping[str, Any]],
+    title: str = "Models compared",
+    preference_time: Mapping[str, Mapping[str, float]] | None = None,
+) -> str:
+    """``comparison`` (``compare_models``) and its win-rate rows as markdown under the heading ``title``;
+    ``preference_time``: model -> its ``preference_seconds`` and ``preference_seconds_per_caption``."""
     baseline = comparison["baseline"]
     out = [
-        "# Models compared",
+        f"# {title}",
         "",
         "Test split, **first samples** (an invalid sample is scored as the standing figure it stands for, so it "
         "counts against its model); mean ± 1.96 σ / √n over the evaluation's replications, the convention of Guo "
@@ -278,4 +285,17 @@ def markdown(comparison: Mapping[str, Any], winrates: Sequence[Mapping[str, Any]
                 f"| {r['model']} | {r['temperature']:g} | {r['n']} | {r['win']:.1%} | {r['tie']:.1%} | "
                 f"{r['loss']:.1%} | {decisive} |"
             )
+    if preference_time:
+        out += [
+            "",
+            "## Preference generation time",
+            "",
+            "Seconds spent sampling and scoring the motions that make the preference pairs (the SoPo paper's "
+            'Table 1 "Time"), in total and per caption, on this machine.',
+            "",
+            "| model | seconds | per caption |",
+            "|---|---:|---:|",
+        ]
+        for name, t in preference_time.items():
+            out.append(f"| {name} | {t['preference_seconds']:.1f} | {t['preference_seconds_per_caption']:.3f} |")
     return "\n".join(out) + "\n"

@@ -129,6 +129,18 @@ def sopo_loss(
     return -F.logsigmoid(preferred - torch.where(valuable, unpreferred, torch.zeros_like(unpreferred)))
 
 
+def diffusion_dpo_loss(policy_w: Tensor, policy_l: Tensor, ref_w: Tensor, ref_l: Tensor, beta: float) -> Tensor:
+    """Diffusion-DPO (Wallace et al. 2023, Eq. 14 as their code computes it), on per-sample denoising losses
+    ``l(x) = ||target - prediction||^2`` (mean over elements) of the policy and the reference at ONE timestep and
+    noise shared by the pair: -log sigma(-beta/2 ((l_theta(w) - l_ref(w)) - (l_theta(l) - l_ref(l)))).
+
+    A lower denoising loss than the reference's plays the part of a higher log-likelihood: -(l_theta - l_ref)
+    is the diffusion log-ratio rho, so this is DPO's -log sigma(beta/2 (rho_w - rho_l)). The paper's timestep
+    weighting T omega(lambda_t) is absorbed in beta (their 5000 for Stable Diffusion)."""
+    inside = (policy_w - ref_w) - (policy_l - ref_l)
+    return -F.logsigmoid(-0.5 * beta * inside)
+
+
 def bradley_terry_loss(
     chosen: Tensor, rejected: Tensor, margin: Tensor | None = None, center_coefficient: float | None = None
 ) -> Tensor:

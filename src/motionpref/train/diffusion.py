@@ -1,0 +1,420 @@
+"""Training and preference finetuning of the diffusion policies (``models.diffusion``): MDM- and MLD-style.
+
+``train_policy`` trains a policy from scratch on the dataset (MLD: its VAE first, then the latent denoiser on
+the frozen VAE). ``run_sopo`` and ``run_modipo`` finetune one against a frozen copy of itself, the reference:
+
+- **SoPo** (Tan et al. 2024, Eq. 15-16): for each training caption c, the dataset motion x_w (preferred,
+  offline) and K samples of the current policy at x_w's length (online), scored by the retrieval scorer; the
+  lowest-scored is the unpreferred x_l, valuable only when its score is below tau; beta_w = beta (C - S(x_w)).
+  The selection and the variants are the token policy's (``train.sopo.semi_online_pairs``, ``FILTERED``,
+  ``REWEIGHTED``); the loss is ``losses.sopo_loss`` on the diffusion log-ratio below.
+- **MoDiPO** (Pappa et al. 2024): K samples per caption, the scorer's best against its worst, Diffusion-DPO
+  (``losses.diffusion_dpo_loss``); offline (pairs drawn once from the pretrained policy) or online (drawn again
+  from the current policy every epoch).
+
+**The diffusion log-ratio.** For a pair at one timestep t and noise eps shared by policy and reference, the
+log-ratio of a motion x is rho(x) = -(l_theta(x) - l_ref(x)), with l the per-sample denoising loss
+(``models.diffusion.denoising_losses``): a policy that denoises x better than the reference makes x likelier.
+The paper writes l in epsilon form, ||eps - eps_theta(x_t, t)||^2. MLD predicts epsilon, so its l is that.
+MDM predicts x0, and its own loss is ||x0 - x0_theta||^2; the epsilon it implies, eps_hat = (x_t - sqrt(a_t)
+x0_theta) / sqrt(1 - a_t), has ||eps - eps_hat||^2 = snr(t) ||x0 - x0_theta||^2 with snr(t) = a_t / (1 - a_t)
+(``models.diffusion.snr``; tests/test_diffusion.py checks the identity). So MDM's x0-form log-ratio is
+the paper's epsilon-form one weighted by 1 / snr(t) per timestep, a weighting the paper leaves to beta, and the
+one the authors' released code runs (its MDM's ``training_losses`` differences). Both use it here.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from motionpref.config import DiffusionAlgoConfig, DiffusionSamplingConfig, DiffusionTrainConfig
+from motionpref.models.diffusion import DiffusionPolicy, MLDPolicy, denoising_losses, lengths_to_mask
+from motionpref.models.retrieval import RetrievalModel, cosine_to_score
+from motionpref.progress import track
+from motionpref.train.losses import diffusion_dpo_loss, sopo_loss, sopo_weight
+from motionpref.train.preference import FinetuneJob, disable_dropout
+from motionpref.train.sopo import FILTERED, REWEIGHTED, semi_online_pairs
+
+LogMetric = Callable[[str, float, int], None]
+
+
+@dataclass
+class DiffusionExamples:
+    """Training clips: ``motions[i]`` normalised (T, D) features, ``captions[i]`` its captions."""
+
+    motions: Sequence[np.ndarray]
+    captions: Sequence[Sequence[str]]
+
+    def __post_init__(self) -> None:
+        if len(self.motions) != len(self.captions):
+            raise ValueError(f"{len(self.motions)} motions but {len(self.captions)} caption lists")
+        if not self.motions:
+            raise ValueError("no training clips")
+        empty = [i for i, c in enumerate(self.captions) if not c]
+        if empty:
+            raise ValueError(f"training clip {empty[0]} has no caption")
+
+    def __len__(self) -> int:
+        return len(self.motions)
+
+    def lengths(self) -> list[int]:
+        return [len(m) for m in self.motions]
+
+
+def pad(motions: Sequence[np.ndarray | Tensor]) -> tuple[Tensor, Tensor]:
+    """(B, T, D) zero-padded float32 motions and their (B, T) frame mask."""
+    lengths = [len(m) for m in motions]
+    mask = lengths_to_mask(lengths)
+    x = torch.zeros(len(motions), mask.shape[1], motions[0].shape[-1])
+    for i, m in enumerate(motions):
+        x[i, : lengths[i]] = torch.as_tensor(m, dtype=torch.float32)
+    return x, mask
+
+
+def length_batch(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[int]:
+    """A random clip and the ``batch_size`` - 1 clips nearest it in length: padding to the batch's longest clip
+    then wastes little, which on a CPU halves a step's cost (written here: no sampler in torch does this)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    size = min(batch_size, len(order))
+    start = rng.randrange(len(order) - size + 1)
+    return order[start : start + size]
+
+
+def _fit(
+    name: str,
+    params: list[nn.Parameter],
+    loss_fn: Callable[[list[int], torch.Generator], Tensor],
+    lengths: Sequence[int],
+    cfg: DiffusionTrainConfig,
+    seed: int,
+    log: LogMetric | None,
+) -> dict[str, float]:
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    window: list[float] = []
+    first = float("nan")
+    for step in track(range(1, cfg.steps + 1), f"train {name}", cfg.steps):
+        loss = loss_fn(length_batch(lengths, cfg.batch_size, rng), generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name}: the loss is {loss.item()} at step {step}")
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimiser.step()
+        window.append(loss.item())
+        if step == 1:
+            first = window[0]
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            if log is not None:
+                log(f"{name}/loss", float(np.mean(window)), step)
+            last, window = float(np.mean(window)), []
+    return {f"{name}_first_loss": first, f"{name}_loss": last, f"{name}_steps": float(cfg.steps)}
+
+
+def train_policy(
+    policy: DiffusionPolicy,
+    data: DiffusionExamples,
+    train: DiffusionTrainConfig,
+    seed: int,
+    vae_train: DiffusionTrainConfig | None = None,
+    log: LogMetric | None = None,
+) -> dict[str, float]:
+    """Train ``policy`` in place on ``data`` (a random caption of each clip per step). An MLD policy first
+    trains its VAE with ``vae_train`` (MLD's ``vae`` stage), then its denoiser and text encoder with the VAE
+    frozen (its ``diffusion`` stage). Returns each stage's first and last logged loss."""
+    policy.train()
+    lengths = data.lengths()
+    caption_rng = random.Random(seed + 1)
+
+    def batch(rows: list[int]) -> tuple[Tensor, Tensor]:
+        x, mask = pad([data.motions[i] for i in rows])
+        return x.to(policy.device), mask.to(policy.device)
+
+    out: dict[str, float] = {}
+    if isinstance(policy, MLDPolicy):
+        if vae_train is None:
+            raise ValueError("an MLD policy trains its VAE first: pass vae_train")
+
+        def vae_loss(rows: list[int], generator: torch.Generator) -> Tensor:
+            return policy.vae_loss(*batch(rows), generator)
+
+        out |= _fit("vae", list(policy.vae.parameters()), vae_loss, lengths, vae_train, seed, log)
+        policy.vae.requires_grad_(False).eval()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+
+    def diffusion_loss(rows: list[int], generator: torch.Generator) -> Tensor:
+        texts = [caption_rng.choice(data.captions[i]) for i in rows]
+        return policy.training_loss(*batch(rows), texts, generator)
+
+    out |= _fit("denoiser", trainable, diffusion_loss, lengths, train, seed + 2, log)
+    policy.requires_grad_(True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ finetuning
+
+
+@dataclass
+class DiffusionFinetuneData:
+    """What SoPo and MoDiPO finetune from: the pretrained ``policy`` (finetuned in place), the retrieval
+    ``scorer`` (it reads un-normalised features: ``mean``/``std`` undo the dataset's normalisation), the
+    training clips, and the sampler settings of the online samples."""
+
+    policy: DiffusionPolicy
+    scorer: RetrievalModel
+    examples: DiffusionExamples
+    mean: np.ndarray
+    std: np.ndarray
+    sampling: DiffusionSamplingConfig
+
+    def features(self, x: Tensor, lengths: Sequence[int]) -> list[np.ndarray]:
+        return [x[i, :n].cpu().numpy() * self.std + self.mean for i, n in enumerate(lengths)]
+
+
+class _Finetune:
+    """The shared machinery: dropout off, the text encoder (CLIP's stand-in) and MLD's VAE frozen, the reference
+    a frozen copy, AdamW over the denoiser."""
+
+    def __init__(self, job: FinetuneJob, data: DiffusionFinetuneData, cfg: DiffusionAlgoConfig) -> None:
+        self.job, self.data, self.cfg = job, data, cfg
+        policy = data.policy.to(job.device)
+        disable_dropout(policy)  # nn.Dropout and nn.MultiheadAttention's float dropout alike
+        policy.requires_grad_(False)
+        self.denoiser = policy.model if hasattr(policy, "model") else policy.denoiser  # MDM | MLD
+        self.denoiser.requires_grad_(True)
+        self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
+        self.params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        self.optimiser = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.policy = policy
+        self.generator = torch.Generator().manual_seed(job.seed)
+        self.rng = random.Random(job.seed)
+        self.step = 0
+        self.sampling_seconds = 0.0
+
+    def captions_for_epoch(self) -> list[int]:
+        n = len(self.data.examples)
+        return self.rng.sample(range(n), min(self.cfg.captions_per_epoch or n, n))
+
+    def online_samples(self, model: DiffusionPolicy, captions: list[str], lengths: list[int], k: int) -> Tensor:
+        """(B, K, T, D) normalised samples of ``model``, K per caption at the caption's length (timed: the
+        preference-generation cost of SoPo's and MoDiPO's Table 1)."""
+        begin = time.perf_counter()
+        seeds = [self.rng.randrange(2**31) for _ in range(len(captions) * k)]
+        x = model.sample(
+            [c for c in captions for _ in range(k)],
+            [n for n in lengths for _ in range(k)],
+            self.data.sampling,
+            seeds=seeds,
+        )
+        self.sampling_seconds += time.perf_counter() - begin
+        return x.view(len(captions), k, *x.shape[1:])
+
+    def scores(self, captions: list[str], samples: Tensor, lengths: list[int]) -> tuple[Tensor, Tensor]:
+        """Unit caption embeddings (B, d) and sample embeddings (B, K, d) of the scorer (timed with sampling)."""
+        begin = time.perf_counter()
+        b, k = samples.shape[:2]
+        flat = self.data.features(samples.flatten(0, 1), [n for n in lengths for _ in range(k)])
+        emb = self.data.scorer.encode_motion(flat).cpu().view(b, k, -1)
+        text = self.data.scorer.encode_text(captions).cpu()
+        self.sampling_seconds += time.perf_counter() - begin
+        return text, emb
+
+    def pair_losses(
+        self, x_w: Tensor, x_l: Tensor, lengths: list[int], captions: list[str]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Denoising losses (B,) of policy and reference on the preferred and unpreferred motions (normalised,
+        padded to one length), one timestep and noise per pair shared by both motions and both models."""
+        policy, ref = self.policy, self.reference
+        mask = lengths_to_mask(lengths, x_w.shape[1]).to(policy.device)
+        with torch.no_grad():
+            z_w, dmask = policy.to_diffusion(x_w.to(policy.device), mask, self.generator)
+            z_l, _ = policy.to_diffusion(x_l.to(policy.device), mask, self.generator)
+            cond = policy.condition(captions)
+        b = len(captions)
+        t = torch.randint(0, policy.config.diffusion_steps, (b,), generator=self.generator).to(policy.device)
+        noise = torch.randn(z_w.shape, generator=self.generator).to(z_w)
+        z, both = torch.cat([z_w, z_l]), lambda v: torch.cat([v, v])
+        m = both(dmask) if dmask is not None else None
+        losses = denoising_losses(policy, z, m, both(cond), both(t), both(noise))
+        with torch.no_grad():
+            ref_losses = denoising_losses(ref, z, m, both(cond), both(t), both(noise))
+        return losses[:b], losses[b:], ref_losses[:b], ref_losses[b:]
+
+    def update(self, loss: Tensor) -> None:
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimiser.step()
+        self.step += 1
+
+    def finish(self) -> None:
+        self.policy.requires_grad_(True).eval()
+        self.policy.save(self.job.out_dir)
+
+
+def _log_all(
+    job: FinetuneJob, prefix: str, metrics: dict[str, float], step: int, sums: dict[str, float], n: int
+) -> None:
+    for key, value in metrics.items():
+        sums[key] = sums.get(key, 0.0) + value * n
+        job.log(f"{prefix}/{key}", value, step)
+
+
+def run_sopo(job: FinetuneJob, cfg: DiffusionAlgoConfig, data: DiffusionFinetuneData, family: str) -> dict[str, float]:
+    """Finetune ``data.policy`` with SoPo (variant ``cfg.sopo.variant``, K ``cfg.sopo.k[family]``) and save it to
+    ``job.out_dir``. Logs per step under ``sopo/`` the loss, its preferred and unpreferred terms, beta_w (mean,
+    min, max), the valuable share, the unpreferred and best online scores, S(x_w) and rho_w; returns the last
+    epoch's means, beta_w's extremes over the run, ``first_loss`` (log 2: policy = reference) and the
+    preference-generation time (sampling and scoring) in seconds, in total and per caption."""
+    sopo = cfg.sopo
+    k = sopo.k[family]
+    run = _Finetune(job, data, cfg)
+    examples = data.examples
+    first_loss, extremes = float("nan"), {"beta_w_min": float("inf"), "beta_w_max": float("-inf")}
+    captions_seen = 0
+    order = run.captions_for_epoch()
+    sums: dict[str, float] = {}
+    batches = range(0, len(order), cfg.batch_size)
+    for begin in track(batches, "sopo", len(batches)):
+        rows = order[begin : begin + cfg.batch_size]
+        captions = [run.rng.choice(list(examples.captions[i])) for i in rows]
+        lengths = [len(examples.motions[i]) for i in rows]
+        x_w, _ = pad([examples.motions[i] for i in rows])
+        samples = run.online_samples(run.policy, captions, lengths, k)
+        text, sample_emb = run.scores(captions, samples, lengths)
+        preferred = data.scorer.encode_motion(data.features(x_w, lengths)).cpu()
+        valid = torch.ones(len(rows), k, dtype=torch.bool)
+        loser, score, valuable, similarity = semi_online_pairs(text, preferred, sample_emb, valid, sopo.tau, sopo.s_w)
+        if sopo.variant not in FILTERED:
+            valuable = torch.ones_like(valuable)
+        beta_w = (
+            sopo_weight(similarity, sopo.beta, sopo.c)
+            if sopo.variant in REWEIGHTED
+            else torch.full_like(similarity, sopo.beta)
+        )
+        x_l = samples[torch.arange(len(rows)), loser]
+        l_w, l_l, r_w, r_l = run.pair_losses(x_w, x_l, lengths, captions)
+        device = l_w.device
+        # rho = -(l_theta - l_ref): sopo_loss takes log-probabilities, here the negated denoising losses
+        loss = sopo_loss(
+            -l_w, -r_w.to(device), -l_l, -r_l.to(device), beta_w.to(device), sopo.beta, valuable.to(device)
+        )
+        loss = loss.mean()
+        run.update(loss)
+        captions_seen += len(rows)
+        rho_w, rho_l = -(l_w.detach() - r_w).cpu(), -(l_l.detach() - r_l).cpu()
+        best = cosine_to_score(torch.einsum("bd,bkd->bk", text, sample_emb)).max(dim=1).values
+        metrics = {
+            "loss": loss.item(),
+            "preferred_term": (beta_w * rho_w).mean().item(),
+            "unpreferred_term": torch.where(valuable, sopo.beta * rho_l, torch.zeros_like(rho_l)).mean().item(),
+            "beta_w": beta_w.mean().item(),
+            "valuable_fraction": valuable.float().mean().item(),
+            "unpreferred_score": score.mean().item(),
+            "best_sample_score": best.mean().item(),
+            "similarity": similarity.mean().item(),
+            "preferred_logratio": rho_w.mean().item(),
+        }
+        extremes["beta_w_min"] = min(extremes["beta_w_min"], beta_w.min().item())
+        extremes["beta_w_max"] = max(extremes["beta_w_max"], beta_w.max().item())
+        if run.step == 1:
+            first_loss = metrics["loss"]
+        _log_all(job, "sopo", metrics, run.step, sums, len(rows))
+    last = {key: value / max(captions_seen, 1) for key, value in sums.items()}
+    run.finish()
+    return {
+        **last,
+        **extremes,
+        "first_loss": first_loss,
+        "steps": float(run.step),
+        "preference_seconds": run.sampling_seconds,
+        "preference_seconds_per_caption": run.sampling_seconds / max(captions_seen, 1),
+    }
+
+
+def modipo_pairs(
+    run: _Finetune, model: DiffusionPolicy, rows: Sequence[int], k: int
+) -> list[tuple[str, int, Tensor, Tensor, float]]:
+    """MoDiPO's preference set for ``rows``: per clip a random caption, K samples of ``model`` at the clip's
+    length, the scorer's best (preferred) and worst (unpreferred), and their score gap."""
+    examples = run.data.examples
+    out = []
+    for begin in range(0, len(rows), run.cfg.batch_size):
+        chunk = rows[begin : begin + run.cfg.batch_size]
+        captions = [run.rng.choice(list(examples.captions[i])) for i in chunk]
+        lengths = [len(examples.motions[i]) for i in chunk]
+        samples = run.online_samples(model, captions, lengths, k)
+        text, emb = run.scores(captions, samples, lengths)
+        score = cosine_to_score(torch.einsum("bd,bkd->bk", text, emb))
+        best, worst = score.argmax(dim=1), score.argmin(dim=1)
+        for j in range(len(chunk)):
+            gap = float(score[j, best[j]] - score[j, worst[j]])
+            out.append((captions[j], lengths[j], samples[j, best[j]], samples[j, worst[j]], gap))
+    return out
+
+
+def run_modipo(
+    job: FinetuneJob, cfg: DiffusionAlgoConfig, data: DiffusionFinetuneData, online: bool
+) -> dict[str, float]:
+    """Finetune ``data.policy`` with MoDiPO: Diffusion-DPO (beta ``job.beta``) on best-vs-worst pairs of K
+    samples per caption, drawn once from the pretrained policy (the reference) or, ``online``, from the current
+    policy at the start of every epoch, for that epoch's captions. Logs per step under ``modipo/`` the loss, the
+    implicit accuracy (the policy denoises the preferred motion better, relative to the reference, than the
+    unpreferred one) and the margin; returns the last epoch's means, ``first_loss`` (log 2), the steps and the
+    preference-generation time."""
+    beta = job.require_beta("modipo")
+    run = _Finetune(job, data, cfg)
+    last: dict[str, float] = {}
+    first_loss, captions_seen = float("nan"), 0
+    fixed = None if online else run.captions_for_epoch()
+    pairs_cache = None
+    for epoch in range(1, cfg.modipo.epochs + 1):
+        if online or pairs_cache is None:
+            rows = run.captions_for_epoch() if online else fixed
+            assert rows is not None
+            model = run.policy if online else run.reference
+            run.policy.eval()
+            pairs_cache = modipo_pairs(run, model, rows, cfg.modipo.k)
+        order = run.rng.sample(range(len(pairs_cache)), len(pairs_cache))
+        sums: dict[str, float] = {}
+        batches = range(0, len(order), cfg.batch_size)
+        for begin in track(batches, f"modipo epoch {epoch}", len(batches)):
+            chunk = [pairs_cache[i] for i in order[begin : begin + cfg.batch_size]]
+            captions = [c for c, *_ in chunk]
+            lengths = [n for _, n, *_ in chunk]
+            x_w, _ = pad([w[:n] for (_, n, w, _, _) in chunk])
+            x_l, _ = pad([l[:n] for (_, n, _, l, _) in chunk])
+            l_w, l_l, r_w, r_l = run.pair_losses(x_w, x_l, lengths, captions)
+            loss = diffusion_dpo_loss(l_w, l_l, r_w.to(l_w.device), r_l.to(l_w.device), beta).mean()
+            run.update(loss)
+            captions_seen += len(chunk)
+            inside = ((l_w.detach() - r_w) - (l_l.detach() - r_l)).cpu()
+            metrics = {
+                "loss": loss.item(),
+                "accuracy": (inside < 0).float().mean().item(),
+                "margin": (-0.5 * beta * inside).mean().item(),
+                "score_gap": float(np.mean([g for *_, g in chunk])),
+            }
+            if run.step == 1:
+                first_loss = metrics["loss"]
+            _log_all(job, "modipo", metrics, run.step, sums, len(chunk))
+        last = {key: value / len(order) for key, value in sums.items()}
+    run.finish()
+    n_generated = len(pairs_cache or []) * (cfg.modipo.epochs if online else 1)
+    return {
+        **last,
+        "first_loss": first_loss,
+        "steps": float(run.step),
+        "epochs": float(cfg.modipo.epochs),
+        "preference_seconds": run.sampling_seconds,
+        "preference_seconds_per_caption": run.sampling_seconds / max(n_generated, 1),
+    }

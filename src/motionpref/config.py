@@ -850,6 +850,14 @@ class WinrateConfig(Section):
         return self
 
 
+def _check_table(baseline: str, models: list[str], replicated: list[str]) -> None:
+    if baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is not among models {models}")
+    stray = [m for m in replicated if m not in models or m in (baseline, "gt")]
+    if stray:
+        raise ValueError(f"replicated {stray}: each must be a finetuned model among models {models}")
+
+
 class ReportTable(Section):
     """A further table of the comparison: models compared with their own baseline (a pretrained diffusion policy
     and what was finetuned from it), with each finetuned model's preference-generation time."""
@@ -862,11 +870,7 @@ class ReportTable(Section):
 
     @model_validator(mode="after")
     def _baseline_evaluated(self) -> ReportTable:
-        if self.baseline not in self.models:
-            raise ValueError(f"baseline {self.baseline!r} is not among models {self.models}")
-        stray = [m for m in self.replicated if m not in self.models or m in (self.baseline, "gt")]
-        if stray:
-            raise ValueError(f"replicated {stray}: each must be a finetuned model among models {self.models}")
+        _check_table(self.baseline, self.models, self.replicated)
         return self
 
 
@@ -902,11 +906,7 @@ class ReportConfig(Section):
 
     @model_validator(mode="after")
     def _baseline_evaluated(self) -> ReportConfig:
-        if self.baseline not in self.models:
-            raise ValueError(f"baseline {self.baseline!r} is not among models {self.models}")
-        stray = [m for m in self.replicated if m not in self.models or m in (self.baseline, "gt")]
-        if stray:
-            raise ValueError(f"replicated {stray}: each must be a finetuned model among models {self.models}")
+        _check_table(self.baseline, self.models, self.replicated)
         return self
 
 

@@ -111,10 +111,7 @@ def _diffusion(family: str, algorithm: str) -> Callable[[Params, StageContext], 
         spec = ctx.dataset(params.data)
         entries = spec.load("train")
         mean, std = spec.stats()
-        examples = diffusion.DiffusionExamples(
-            [((e.features - mean) / std).astype("float32") for e in entries],
-            [[c.text for c in e.captions] for e in entries],
-        )
+        examples = diffusion.DiffusionExamples.from_entries(entries, mean, std)
         sampling = (params.diffusion.mdm if family == "mdm" else params.diffusion.mld).sampling
         data = diffusion.DiffusionFinetuneData(
             load_policy(ctx.path(artifacts.policy(family))),

@@ -46,10 +46,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         captions = [c.text for e in entries for c in e.captions]
         text_encoder = build_text_encoder(cfg.text, captions)
         policy = MDMPolicy(model_config, text_encoder) if family == "mdm" else MLDPolicy(model_config, text_encoder)
-        data = DiffusionExamples(
-            [((e.features - mean) / std).astype("float32") for e in entries],
-            [[c.text for c in e.captions] for e in entries],
-        )
+        data = DiffusionExamples.from_entries(entries, mean, std)
         vae_train = getattr(cfg, "vae_train", None)
         metrics |= train_policy(policy, data, cfg.train, seed, vae_train, ctx.run.log_metric)
     policy.eval().save(ctx.path(artifacts.policy(family)))

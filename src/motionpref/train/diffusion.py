@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from motionpref.config import DiffusionAlgoConfig, DiffusionSamplingConfig, DiffusionTrainConfig
 from motionpref.models.diffusion import DiffusionPolicy, MLDPolicy, denoising_losses, lengths_to_mask
 from motionpref.models.retrieval import RetrievalModel, cosine_to_score
+from motionpref.motion.dataset import Entry
 from motionpref.progress import track
 from motionpref.train.losses import diffusion_dpo_loss, sopo_loss, sopo_weight
 from motionpref.train.preference import FinetuneJob, disable_dropout
@@ -61,6 +62,14 @@ class DiffusionExamples:
         empty = [i for i, c in enumerate(self.captions) if not c]
         if empty:
             raise ValueError(f"training clip {empty[0]} has no caption")
+
+    @classmethod
+    def from_entries(cls, entries: Sequence[Entry], mean: np.ndarray, std: np.ndarray) -> DiffusionExamples:
+        """Dataset entries, their features normalised with the dataset's statistics."""
+        return cls(
+            [((e.features - mean) / std).astype(np.float32) for e in entries],
+            [[c.text for c in e.captions] for e in entries],
+        )
 
     def __len__(self) -> int:
         return len(self.motions)

@@ -8,8 +8,9 @@ hook counts the denoiser's calls per sampling call; with guidance they must be e
 
     python bench/diffusion_sampling.py [--families mdm mld] [--batch-sizes 1 16 64] [--repeats 3] [--threads N]
 
-Models are random-init at the tiny default sizes (``MDMConfig()``, ``MLDConfig()``, a words text encoder), which
-does not matter for speed. Prints a table and writes ``reports/bench/diffusion_sampling.json``.
+Models are random-init at the default pipeline's sizes (params.yaml's ``diffusion.mdm.model`` and
+``diffusion.mld.model``, its words text encoder): the weights do not matter for speed. Prints a table and writes
+``reports/bench/diffusion_sampling.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 # the token-sampling benchmark's captions and timer (bench/ is on a bench script's path)
 from sampling import CAPTIONS, _median_seconds
 
-from motionpref.config import DiffusionSamplingConfig, MDMConfig, MLDConfig, TextEncoderConfig
+from motionpref.config import DiffusionSamplingConfig, load_params
 from motionpref.io import write_json
 from motionpref.models.diffusion import DiffusionPolicy, MDMPolicy, MLDPolicy, WordTextEncoder, lengths_to_mask
 
@@ -33,9 +34,12 @@ MIN_LEN, MAX_LEN = 40, 196  # HumanML3D's clip lengths
 
 
 def build(family: str, device: torch.device) -> tuple[DiffusionPolicy, torch.nn.Module]:
+    """The family's policy at the sizes the default pipeline trains (params.yaml's ``diffusion.<family>``)."""
     torch.manual_seed(0)
-    text = WordTextEncoder.from_captions(TextEncoderConfig(), CAPTIONS)
-    policy = MDMPolicy(MDMConfig(), text) if family == "mdm" else MLDPolicy(MLDConfig(), text)
+    section = getattr(load_params(ROOT / "params.yaml").diffusion, family)
+    text = WordTextEncoder.from_captions(section.text, CAPTIONS)
+    model = section.model.model_copy(update={"feature_dim": 263})
+    policy = MDMPolicy(model, text) if family == "mdm" else MLDPolicy(model, text)
     policy.to(device).eval()
     return policy, policy.model if isinstance(policy, MDMPolicy) else policy.denoiser
 

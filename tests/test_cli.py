@@ -84,3 +84,21 @@ def test_render_refuses_what_it_cannot_read(tmp_path: Path) -> None:
     result = runner.invoke(app, ["render", str(bad), "--out", str(tmp_path / "x.gif")])
     assert result.exit_code == 2 and "bad.npy" in result.output
     assert not (tmp_path / "x.gif").exists()
+
+
+def test_label_app_serves_the_pairs_and_label_folder_its_policys_ingestion_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    served: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        "motionpref.prefs.app.label_app_main", lambda pairs, labels, *a, **k: served.append((str(pairs), str(labels)))
+    )
+    for policy in ("sft", "mdm"):
+        result = runner.invoke(app, ["label-app", "--policy", policy])
+        assert result.exit_code == 0, result.output
+    assert served == [
+        ("data/prefs/pairs.parquet", "data/prefs/labels"),  # ingest.pairs and ingest.labels_dir
+        ("data/prefs/mdm/pairs.parquet", "data/prefs/mdm/labels"),  # ingest_labels@mdm's
+    ]
+    result = runner.invoke(app, ["label-app", "--policy", "dpo"])
+    assert result.exit_code == 2 and "no preference data for policy 'dpo'" in result.output

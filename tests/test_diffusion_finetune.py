@@ -45,9 +45,12 @@ from motionpref.report.compare import compare_models, markdown
 from motionpref.train.diffusion import (
     DiffusionExamples,
     DiffusionFinetuneData,
+    DiffusionPair,
     _Finetune,
+    labelled_pairs,
     length_batch,
     pad,
+    run_diffusion_dpo,
     run_modipo,
     run_sopo,
     train_policy,
@@ -297,6 +300,78 @@ def test_run_modipo_starts_at_log2_counts_steps_and_saves(
     assert out["preference_seconds"] > 0
     generated = 3 * (2 if online else 1)  # offline draws the pairs once
     assert out["preference_seconds_per_caption"] == pytest.approx(out["preference_seconds"] / generated)
+    assert_saved(tmp_path / "out", data.policy)
+
+
+@pytest.mark.parametrize("family", ["mdm", "mld"])
+def test_pair_losses_of_motions_of_different_lengths_are_each_motions_own(
+    family: str, scorer: RetrievalModel, tmp_path: Path
+) -> None:
+    """A labelled pair's two samples may differ in length: each loss is the one of its motion at its own length
+    (its mask), so the padding of the longer one changes nothing."""
+    run = _Finetune(job(tmp_path), finetune_data(family, scorer), algo())
+    x_w, _ = pad([MOTIONS[0][:4], MOTIONS[1][:4]])
+    x_l, _ = pad([MOTIONS[2][:5], MOTIONS[3][:7]])
+    x_w = torch.nn.functional.pad(x_w, (0, 0, 0, 3))  # both padded to 7 frames
+    state = run.generator.get_state()
+    l_w, l_l, r_w, r_l = run.pair_losses(x_w, x_l, [4, 4], CAPTIONS[:2], [5, 7])
+    run.generator.set_state(state)
+    l_w2, _, _, _ = run.pair_losses(x_w, x_w.clone(), [4, 4], CAPTIONS[:2])
+    torch.testing.assert_close(l_w, l_w2, rtol=1e-6, atol=1e-7)  # the preferred side is blind to the other's length
+    assert not torch.allclose(l_l, l_w)
+    with pytest.raises(ValueError, match="padded to 7 and 5 frames"):
+        run.pair_losses(x_w, x_l[:, :5], [4, 4], CAPTIONS[:2], [5, 5])
+
+
+def test_labelled_pairs_read_and_normalise_the_training_split_and_name_a_bad_file(tmp_path: Path) -> None:
+    import pandas as pd
+
+    mean, std = np.full(F, 2.0, np.float32), np.full(F, 4.0, np.float32)
+    for name, n in (("a", 4), ("b", 6), ("c", 5)):
+        np.save(tmp_path / f"{name}.npy", np.full((n, F), 6.0, np.float32))
+    table = pd.DataFrame(
+        {
+            "pair_id": ["p1", "p2"],
+            "prompt": ["a man walks forward", "a person jumps up"],
+            "split": ["train", "val"],
+            "chosen_features": ["a.npy", "c.npy"],
+            "rejected_features": ["b.npy", "a.npy"],
+        }
+    )
+    (pair,) = labelled_pairs(table, tmp_path, mean, std, "train", "prefs.parquet")
+    assert pair.caption == "a man walks forward" and pair.score_gap is None
+    assert pair.preferred.shape == (4, F) and pair.rejected.shape == (6, F)
+    assert torch.equal(pair.preferred, torch.ones(4, F))  # (6 - 2) / 4
+    with pytest.raises(ValueError, match=r"prefs.parquet: no preferences in split 'test'"):
+        labelled_pairs(table, tmp_path, mean, std, "test", "prefs.parquet")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['chosen_features'\]"):
+        labelled_pairs(table.drop(columns="chosen_features"), tmp_path, mean, std, "train", "prefs.parquet")
+    np.save(tmp_path / "b.npy", np.zeros((6, F + 1), np.float32))
+    with pytest.raises(ValueError, match=r"pair 'p1': b.npy has shape \(6, 6\); expected \(T, 5\)"):
+        labelled_pairs(table, tmp_path, mean, std, "train", "prefs.parquet")
+    (tmp_path / "b.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(ValueError, match=r"pair 'p1': cannot read b.npy"):
+        labelled_pairs(table, tmp_path, mean, std, "train", "prefs.parquet")
+
+
+@pytest.mark.parametrize("family", ["mdm", "mld"])
+def test_run_diffusion_dpo_on_labelled_pairs_starts_at_log2_and_counts_steps(
+    family: str, scorer: RetrievalModel, tmp_path: Path
+) -> None:
+    data = finetune_data(family, scorer)
+    pairs = [
+        DiffusionPair(CAPTIONS[i % 4], torch.from_numpy(MOTIONS[i]), torch.from_numpy(MOTIONS[(i + 1) % 5]))
+        for i in range(5)
+    ]
+    cfg = algo().model_copy(update={"dpo": algo().dpo.model_copy(update={"epochs": 2})})
+    with pytest.raises(ValueError, match="at least one labelled pair"):
+        run_diffusion_dpo(job(tmp_path / "out"), cfg, data, [])
+    log = Recorder("dpo/")
+    out = run_diffusion_dpo(job(tmp_path / "out", log=log), cfg, data, pairs)
+    assert out["first_loss"] == pytest.approx(LOG2, abs=1e-5)  # policy = reference at step 1
+    assert out["steps"] == 2 * math.ceil(5 / 2) and out["pairs"] == 5.0 and out["epochs"] == 2.0
+    assert len(log.series("loss")) == 6 and "score_gap" not in out  # no scorer ranked labelled pairs
+    assert 0.0 <= out["accuracy"] <= 1.0
     assert_saved(tmp_path / "out", data.policy)
 
 

@@ -38,7 +38,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     algorithms = ["dpo", "rlhf", "sopo"]
     replicates = [f"{algo}_s{k}" for algo in algorithms for k in (1, 2)]  # the report's seed replicates
-    diffusion_winrates = ["mdm_sopo", "mdm_modipo", "mld_sopo", "mld_modipo"]
+    diffusion_winrates = ["mdm_sopo", "mdm_modipo", "mdm_dpo", "mld_sopo", "mld_modipo"]
     diffusion = [*diffusion_winrates, "mdm_sopo_s1", "mdm_sopo_s2", "mdm_modipo_online"]
     plan: list[tuple[str, str | None]] = [
         *[
@@ -47,10 +47,13 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
         ],
         ("evaluate", "gt"),
         ("evaluate", "sft"),
-        *[(name, None) for name in ("generate_prompts", "sample_pairs", "label", "ingest_labels", "train_reward")],
+        ("generate_prompts", None),
+        *[(name, "sft") for name in ("sample_pairs", "label", "ingest_labels")],
+        ("train_reward", None),
         *[(stage, algo) for stage in ("finetune", "evaluate", "winrate") for algo in algorithms],
         *[(stage, name) for stage in ("finetune", "evaluate") for name in replicates],
         *[(stage, family) for stage in ("train_diffusion", "evaluate") for family in ("mdm", "mld")],
+        *[(name, "mdm") for name in ("sample_pairs", "label", "ingest_labels")],  # labelled pairs of MDM samples
         *[(stage, name) for stage in ("finetune", "evaluate") for name in diffusion],
         *[("winrate", name) for name in diffusion_winrates],
         ("report", None),
@@ -115,9 +118,17 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
         assert report["metrics"]["invalid_rate"] == 0 and "retried" not in report  # a diffusion sample is a motion
     for name in diffusion:
         assert metrics[f"finetune@{name}"]["first_loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference
+    mdm_pairs = pd.read_parquet(data / "prefs" / "mdm" / "pairs.parquet")
+    mdm_prefs = pd.read_parquet(data / "prefs" / "mdm" / "preferences.parquet")
+    # every train and val prompt gets a pair: a diffusion sample is never invalid, so none is dropped
+    assert len(mdm_pairs) == (prompts["split"] != "test").sum()
+    assert not set(mdm_pairs["pair_id"]) & set(pairs["pair_id"])
+    assert (mdm_pairs["temperature"] == 1.0).all() and mdm_pairs["tokens_a"].map(len).eq(0).all()
+    assert set(mdm_prefs["pair_id"]) <= set(mdm_pairs["pair_id"])
+    assert metrics["finetune@mdm_dpo"]["pairs"] == (mdm_prefs["split"] == "train").sum() > 0
     mdm_table, mld_table = comparison["tables"]
     assert mdm_table["baseline"] == "mdm" and mld_table["baseline"] == "mld"
-    assert set(mdm_table["vs_baseline"]) == {"mdm_sopo", "mdm_modipo", "mdm_modipo_online"}
+    assert set(mdm_table["vs_baseline"]) == {"mdm_sopo", "mdm_modipo", "mdm_modipo_online", "mdm_dpo"}
     assert len(mdm_table["seed_gains"]["mdm_sopo"]["r_precision_top1"]["per_seed"]) == 3
     assert set(mld_table["preference_time"]) == {"mld_sopo", "mld_modipo"}
     assert [w["temperature"] for w in mdm_table["winrates"]] == [1.0, 1.0]  # one cell: no temperature

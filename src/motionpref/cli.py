@@ -109,6 +109,9 @@ def label_app(
     users: Annotated[
         str | None, typer.Option(help="logins 'alice:pw1,bob:pw2' (default: MOTIONPREF_APP_USERS; none = no login)")
     ] = None,
+    policy: Annotated[
+        str, typer.Option(help="whose pairs: sft (the token policy's) or mdm (sample_pairs@mdm, for Diffusion-DPO)")
+    ] = "sft",
 ) -> None:
     """Serve the labeling app: two motions side by side, pick the better one and by how much (or skip)."""
     try:
@@ -119,10 +122,17 @@ def label_app(
     from motionpref.pipeline import artifacts
     from motionpref.prefs.app import label_app_main
 
-    # the pairs and label folder that ingest_labels reads, so what a human labels is what gets ingested
+    # the pairs and label folder that ingest_labels@<policy> reads, so what a human labels is what gets ingested
+    if policy == "sft":
+        pairs, labels_dir = resolved.ingest.pairs, resolved.ingest.labels_dir
+    else:
+        try:
+            pairs, labels_dir = (Path(artifacts.prefs_path(policy, p)) for p in (artifacts.PAIRS, artifacts.LABELS_DIR))
+        except ValueError as e:
+            _fail(str(e))
     label_app_main(
-        resolved.ingest.pairs,
-        resolved.ingest.labels_dir,
+        pairs,
+        labels_dir,
         host or cfg.host,
         port or cfg.port,
         users,

@@ -798,9 +798,17 @@ class MoDiPOConfig(Section):
     epochs: int = Field(2, ge=1)
 
 
+class DiffusionDPOConfig(Section):
+    """Diffusion-DPO on labelled pairs of diffusion samples (``finetune@mdm_dpo``: ``ingest_labels@mdm``'s
+    training split, every pair each epoch)."""
+
+    epochs: int = Field(1, ge=1)
+
+
 class DiffusionAlgoConfig(Section):
-    """Preference finetuning of the diffusion policies: ``finetune@<mdm|mld>_<sopo|modipo|modipo_online>``. Every
-    algorithm sees ``captions_per_epoch`` training captions per epoch in batches of ``batch_size``."""
+    """Preference finetuning of the diffusion policies: ``finetune@<mdm|mld>_<sopo|modipo|modipo_online>`` and
+    ``finetune@mdm_dpo``. SoPo and MoDiPO see ``captions_per_epoch`` training captions per epoch; every algorithm
+    steps in batches of ``batch_size``."""
 
     beta: float = Field(100.0, gt=0)  # Diffusion-DPO's (MoDiPO's); SoPo's is sopo.beta
     captions_per_epoch: int | None = Field(640, ge=1)  # a seeded subset of the training clips; null: all
@@ -810,6 +818,7 @@ class DiffusionAlgoConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     sopo: DiffusionSoPoConfig = DiffusionSoPoConfig()
     modipo: MoDiPOConfig = MoDiPOConfig()
+    dpo: DiffusionDPOConfig = DiffusionDPOConfig()
 
 
 class AlgoSection(Section):
@@ -878,8 +887,8 @@ DIFFUSION_TABLES = [
     ReportTable(
         title="MDM-style diffusion policy",
         baseline="mdm",
-        models=["gt", "mdm", "mdm_sopo", "mdm_modipo", "mdm_modipo_online"],
-        winrate_models=["mdm_sopo", "mdm_modipo"],
+        models=["gt", "mdm", "mdm_sopo", "mdm_modipo", "mdm_modipo_online", "mdm_dpo"],
+        winrate_models=["mdm_sopo", "mdm_modipo", "mdm_dpo"],
         replicated=["mdm_sopo"],
     ),
     ReportTable(

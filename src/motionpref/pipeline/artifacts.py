@@ -20,7 +20,8 @@ PAIRS = f"{PREFS}/pairs.parquet"
 MOTIONS = f"{PREFS}/motions"
 PREVIEWS = f"{PREFS}/previews"
 APP_PREVIEWS = f"{PREFS}/app_previews"
-SIMULATED_LABELS = f"{PREFS}/labels/simulated"
+LABELS_DIR = f"{PREFS}/labels"  # human labelers' files; the label stage's in simulated/
+SIMULATED_LABELS = f"{LABELS_DIR}/simulated"
 PREFERENCES = f"{PREFS}/preferences.parquet"
 QUARANTINE = f"{PREFS}/quarantine.jsonl"
 
@@ -31,6 +32,21 @@ def policy(name: str) -> str:
 
 
 DIFFUSION_FAMILIES = ("mdm", "mld")
+
+
+def prefs_path(policy: str, path: str) -> str:
+    """Where the preference data of pairs sampled from ``policy`` lives (``path``: PAIRS, MOTIONS, ...): the SFT
+    policy's as named above, a diffusion base's under ``data/prefs/<policy>/`` (``data/prefs/mdm/pairs.parquet``)."""
+    if policy == "sft":
+        return path
+    if policy not in DIFFUSION_FAMILIES:
+        raise ValueError(f"no preference data for policy {policy!r}; expected sft or one of {DIFFUSION_FAMILIES}")
+    return f"{PREFS}/{policy}/{path.removeprefix(PREFS + '/')}"
+
+
+def prefs_report(stage: str, policy: str) -> str:
+    """The statistics JSON of a preference stage (``pairs_stats``, ``prefs_stats``) for ``policy``'s pairs."""
+    return stage_report(stage if policy == "sft" else f"{stage}_{policy}")
 
 
 def base_model(model: str) -> str:

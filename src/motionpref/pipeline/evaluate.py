@@ -61,7 +61,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         mean, std = spec.stats()
         if diffusion.is_diffusion_policy(policy_dir):
             policy = diffusion.load_policy(policy_dir)
-            sampling = (params.diffusion.mdm if policy.family == "mdm" else params.diffusion.mld).sampling
+            sampling = getattr(params.diffusion, policy.family).sampling
             generator: DiffusionGenerator | MotionGenerator = DiffusionGenerator(policy, mean, std, sampling)
         else:
             generator = MotionGenerator(

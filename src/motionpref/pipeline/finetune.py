@@ -5,7 +5,8 @@
 - ``sopo``: semi-online preference optimisation, dataset motions against the policy's own samples scored by the
   retrieval scorer, beta ``algo.sopo.beta``;
 - ``<mdm|mld>_sopo``, ``<mdm|mld>_modipo``, ``<mdm|mld>_modipo_online``: SoPo and MoDiPO (Diffusion-DPO, beta
-  ``algo.diffusion.beta``) on the diffusion policy ``policy_<family>`` (``train.diffusion``).
+  ``algo.diffusion.beta``) on the diffusion policy ``policy_<family>`` (``train.diffusion``);
+- ``mdm_dpo``: Diffusion-DPO on the labelled pairs of MDM samples (``ingest_labels@mdm``).
 
 Each algorithm module exposes ``run(job, config, data)``; this stage only gathers its inputs. Every algorithm is
 seeded from ``algo.seed`` (the finetuning replicate) as well as the global seed; the item ``<algo>_s<k>`` is
@@ -112,7 +113,7 @@ def _diffusion(family: str, algorithm: str) -> Callable[[Params, StageContext], 
         entries = spec.load("train")
         mean, std = spec.stats()
         examples = diffusion.DiffusionExamples.from_entries(entries, mean, std)
-        sampling = (params.diffusion.mdm if family == "mdm" else params.diffusion.mld).sampling
+        sampling = getattr(params.diffusion, family).sampling
         data = diffusion.DiffusionFinetuneData(
             load_policy(ctx.path(artifacts.policy(family))),
             RetrievalModel.load(ctx.path(artifacts.RETRIEVAL)),
@@ -123,6 +124,12 @@ def _diffusion(family: str, algorithm: str) -> Callable[[Params, StageContext], 
         )
         if algorithm == "sopo":
             return partial(diffusion.run_sopo, family=family), cfg, data, cfg.sopo.beta
+        if algorithm == "dpo":
+            from motionpref.train.preference import read_preferences
+
+            path = ctx.path(artifacts.prefs_path(family, artifacts.PREFERENCES))
+            pairs = diffusion.labelled_pairs(read_preferences(path), ctx.root, mean, std, "train", str(path))
+            return partial(diffusion.run_diffusion_dpo, pairs=pairs), cfg, data, cfg.beta
         return partial(diffusion.run_modipo, online=algorithm == "modipo_online"), cfg, data, cfg.beta
 
     return gather
@@ -134,6 +141,7 @@ ALGORITHMS = {
     "rlhf": _rlhf,
     "sopo": _sopo,
     **{f"{f}_{a}": _diffusion(f, a) for f in ("mdm", "mld") for a in ("sopo", "modipo", "modipo_online")},
+    "mdm_dpo": _diffusion("mdm", "dpo"),  # labelled pairs of MDM samples only (sample_pairs@mdm)
 }
 
 

@@ -1,13 +1,19 @@
-"""Stage ingest_labels: validate every raw judgment, resolve pairs judged more than once, keep each pair's split
-(its prompt's program's, train or val, from pairs.parquet), and write the preference table and its statistics.
-Raw label files are only read, never edited."""
+"""Stage ingest_labels@<policy>: validate every raw judgment, resolve pairs judged more than once, keep each pair's
+split (its prompt's program's, train or val, from pairs.parquet), and write the preference table and its
+statistics. Raw label files are only read, never edited.
+
+``sft``: the pairs and labels of ``ingest.pairs`` and ``ingest.labels_dir`` (the token policy's, or an import's)
+into data/prefs/preferences.parquet; a diffusion base's (``mdm``): those of data/prefs/<policy>/."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from motionpref.config import Params
 from motionpref.pipeline import StageContext, artifacts
+
+ITEM = "policy"
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -15,11 +21,19 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.prefs.pairs import read_pairs
 
     cfg = params.ingest
-    labels_dir = ctx.path(str(cfg.labels_dir))
+    policy = ctx.item
+    assert policy is not None
+
+    def at(path: str) -> Path:
+        return ctx.path(artifacts.prefs_path(policy, path))
+
+    if policy == "sft":
+        labels_dir, pairs_path = ctx.path(str(cfg.labels_dir)), ctx.path(str(cfg.pairs))
+    else:
+        labels_dir, pairs_path = at(artifacts.LABELS_DIR), at(artifacts.PAIRS)
     paths = sorted(labels_dir.rglob("*.jsonl"))
     if not paths:
         raise FileNotFoundError(f"{labels_dir}: no label files (*.jsonl): run the label stage or the labeling app")
-    pairs_path = ctx.path(str(cfg.pairs))
     result = ingest(
         paths,
         read_pairs(pairs_path),
@@ -27,17 +41,13 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         seed=params.stage_seed("ingest_labels"),
         margins=dict(cfg.margins),
         on_error=cfg.on_error,
-        quarantine_path=ctx.path(artifacts.QUARANTINE),  # written even when empty, so DVC can track it
+        quarantine_path=at(artifacts.QUARANTINE),  # written even when empty, so DVC can track it
         labels_dir=labels_dir,  # refused if it holds the quarantine file, which would be read back every run
         pairs_source=str(pairs_path),
     )
-    write_outputs(
-        result,
-        ctx.path(artifacts.PREFERENCES),
-        ctx.path(artifacts.stage_report("prefs_stats")),
-        ctx.path(artifacts.REPORTS, "prefs_stats.md"),
-    )
-    ctx.run.log_artifact(ctx.path(artifacts.REPORTS, "prefs_stats.md"))
+    stats_json = ctx.path(artifacts.prefs_report("prefs_stats", policy))
+    write_outputs(result, at(artifacts.PREFERENCES), stats_json, stats_json.with_suffix(".md"))
+    ctx.run.log_artifact(stats_json.with_suffix(".md"))
     return result.stats
 
 

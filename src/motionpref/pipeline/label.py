@@ -1,8 +1,9 @@
-"""Stage label: judgments from labelers that are not people, into data/prefs/labels/simulated/.
+"""Stage label@<policy>: judgments from labelers that are not people of the pairs sampled from ``policy``
+(``sample_pairs@<policy>``), into data/prefs/labels/simulated/ (``sft``) or data/prefs/<policy>/labels/simulated/.
 
 ``labels.labeler: simulated`` (the embedded default) asks N labelers driven by the synthetic judge;
 ``ai`` asks the retrieval scorer (AI feedback, works on real data). Humans label in ``motionpref label-app``,
-which appends to ``data/prefs/labels/<labeler>.jsonl`` beside this folder; ingestion reads both.
+which appends to ``<labels>/<labeler>.jsonl`` beside this folder; ingestion reads both.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 from motionpref.config import Params
 from motionpref.pipeline import StageContext, artifacts
+
+ITEM = "policy"
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -23,12 +26,14 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.prefs.pairs import read_pairs
     from motionpref.prefs.simulate import judgments_jsonl, label_pairs, pair_prompts, perceive_pairs
 
-    pairs_path = ctx.path(artifacts.PAIRS)
+    policy = ctx.item
+    assert policy is not None
+    pairs_path = ctx.path(artifacts.prefs_path(policy, artifacts.PAIRS))
     pairs = read_pairs(pairs_path)
     scorer = partial(RetrievalModel.load, ctx.path(artifacts.RETRIEVAL))
     judge = make_judge(params.labels, pair_prompts(pairs), ctx.dataset(params.data).skeleton, scorer, str(pairs_path))
     files = label_pairs(pairs, perceive_pairs(pairs, ctx.root, judge), judge, params.stage_seed("label"))
-    with atomic_dir(ctx.path(artifacts.SIMULATED_LABELS)) as tmp:
+    with atomic_dir(ctx.path(artifacts.prefs_path(policy, artifacts.SIMULATED_LABELS))) as tmp:
         for labeler, judgments in files.items():
             write_text(tmp / f"{labeler}.jsonl", judgments_jsonl(judgments))
     counts = Counter(j.degree or "skip" for judgments in files.values() for j in judgments)

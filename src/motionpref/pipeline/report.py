@@ -2,7 +2,8 @@
 (paired, replication by replication, and across its seed replicates) and the win rates, into
 reports/comparison.{json,md}: the token policies against ``report.baseline``, then each of ``report.tables``
 (the diffusion policies) against its own baseline, with the preference-generation time of each finetuned
-model (``preference_seconds`` of reports/finetune/<model>.json, the SoPo paper's Table 1 "Time").
+model that generates its own pairs (``preference_seconds`` of reports/finetune/<model>.json, the SoPo paper's
+Table 1 "Time").
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     for t in cfg.tables:
         extra = table(t.baseline, t.models, t.replicated, t.winrate_models)
         extra["title"] = t.title
+        finetuned = {
+            m: read_report(ctx.path(artifacts.finetune_report(m))) for m in t.models if m not in ("gt", t.baseline)
+        }
+        # a model finetuned on labelled pairs (mdm_dpo) generated none: sample_pairs@mdm drew them, people judge them
         extra["preference_time"] = {
-            m: {
-                k: read_report(ctx.path(artifacts.finetune_report(m)))[k]
-                for k in ("preference_seconds", "preference_seconds_per_caption")
-            }
-            for m in t.models
-            if m not in ("gt", t.baseline)
+            m: {k: report[k] for k in ("preference_seconds", "preference_seconds_per_caption")}
+            for m, report in finetuned.items()
+            if "preference_seconds" in report
         }
         tables.append(extra)
     write_json(ctx.path(artifacts.REPORTS, "comparison.json"), {**main_table, "tables": tables})

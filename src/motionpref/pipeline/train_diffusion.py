@@ -26,7 +26,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     family = ctx.item
     if family not in ("mdm", "mld"):
         raise ValueError(f"train_diffusion@{family}: unknown family; expected mdm or mld")
-    cfg = params.diffusion.mdm if family == "mdm" else params.diffusion.mld
+    cfg = getattr(params.diffusion, family)
     spec = ctx.dataset(params.data)
     entries = spec.load("train")
     mean, std = spec.stats()

@@ -57,7 +57,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
 
     else:
         # a diffusion sampler has no temperature: one cell, at diffusion.<family>.sampling
-        sampling = (params.diffusion.mdm if base == "mdm" else params.diffusion.mld).sampling
+        sampling = getattr(params.diffusion, base).sampling
         lengths = [e.length for e in spec.load("val")]
         temperatures = [1.0]
 

@@ -11,6 +11,8 @@ the frozen VAE). ``run_sopo`` and ``run_modipo`` finetune one against a frozen c
 - **MoDiPO** (Pappa et al. 2024): K samples per caption, the scorer's best against its worst, Diffusion-DPO
   (``losses.diffusion_dpo_loss``); offline (pairs drawn once from the pretrained policy) or online (drawn again
   from the current policy every epoch).
+- **Diffusion-DPO on labelled pairs** (Wallace et al. 2023): two samples of the pretrained policy per caption,
+  judged by the labelers or people (``sample_pairs@mdm`` .. ``ingest_labels@mdm``), ``run_diffusion_dpo``.
 
 **The diffusion log-ratio.** For a pair at one timestep t and noise eps shared by policy and reference, the
 log-ratio of a motion x is rho(x) = -(l_theta(x) - l_ref(x)), with l the per-sample denoising loss
@@ -30,8 +32,10 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
@@ -238,21 +242,26 @@ class _Finetune:
         return text, emb
 
     def pair_losses(
-        self, x_w: Tensor, x_l: Tensor, lengths: list[int], captions: list[str]
+        self, x_w: Tensor, x_l: Tensor, lengths: list[int], captions: list[str], lengths_l: list[int] | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Denoising losses (B,) of policy and reference on the preferred and unpreferred motions (normalised,
-        padded to one length), one timestep and noise per pair shared by both motions and both models."""
+        padded to one length; ``lengths_l`` the unpreferred ones' when they differ), one timestep and noise per
+        pair shared by both motions and both models."""
         policy, ref = self.policy, self.reference
-        mask = lengths_to_mask(lengths, x_w.shape[1]).to(policy.device)
+        frames = x_w.shape[1]
+        if x_l.shape[1] != frames:
+            raise ValueError(f"preferred and unpreferred motions are padded to {frames} and {x_l.shape[1]} frames")
+        mask_w = lengths_to_mask(lengths, frames).to(policy.device)
+        mask_l = mask_w if lengths_l is None else lengths_to_mask(lengths_l, frames).to(policy.device)
         with torch.no_grad():
-            z_w, dmask = policy.to_diffusion(x_w.to(policy.device), mask, self.generator)
-            z_l, _ = policy.to_diffusion(x_l.to(policy.device), mask, self.generator)
+            z_w, dmask_w = policy.to_diffusion(x_w.to(policy.device), mask_w, self.generator)
+            z_l, dmask_l = policy.to_diffusion(x_l.to(policy.device), mask_l, self.generator)
             cond = policy.condition(captions)
         b = len(captions)
         t = torch.randint(0, policy.config.diffusion_steps, (b,), generator=self.generator).to(policy.device)
         noise = torch.randn(z_w.shape, generator=self.generator).to(z_w)
         z, both = torch.cat([z_w, z_l]), lambda v: torch.cat([v, v])
-        m = both(dmask) if dmask is not None else None
+        m = torch.cat([dmask_w, dmask_l]) if dmask_w is not None and dmask_l is not None else None
         losses = denoising_losses(policy, z, m, both(cond), both(t), both(noise))
         with torch.no_grad():
             ref_losses = denoising_losses(ref, z, m, both(cond), both(t), both(noise))
@@ -350,11 +359,20 @@ def run_sopo(job: FinetuneJob, cfg: DiffusionAlgoConfig, data: DiffusionFinetune
     }
 
 
-def modipo_pairs(
-    run: _Finetune, model: DiffusionPolicy, rows: Sequence[int], k: int
-) -> list[tuple[str, int, Tensor, Tensor, float]]:
+@dataclass(frozen=True)
+class DiffusionPair:
+    """A preference pair of one caption: normalised (T, D) preferred and unpreferred motions (their lengths may
+    differ) and, for MoDiPO's, the scorer's gap between them."""
+
+    caption: str
+    preferred: Tensor
+    rejected: Tensor
+    score_gap: float | None = None
+
+
+def modipo_pairs(run: _Finetune, model: DiffusionPolicy, rows: Sequence[int], k: int) -> list[DiffusionPair]:
     """MoDiPO's preference set for ``rows``: per clip a random caption, K samples of ``model`` at the clip's
-    length, the scorer's best (preferred) and worst (unpreferred), and their score gap."""
+    length, the scorer's best (preferred) against its worst (unpreferred)."""
     examples = run.data.examples
     out = []
     for begin in range(0, len(rows), run.cfg.batch_size):
@@ -365,10 +383,72 @@ def modipo_pairs(
         text, emb = run.scores(captions, samples, lengths)
         score = cosine_to_score(torch.einsum("bd,bkd->bk", text, emb))
         best, worst = score.argmax(dim=1), score.argmin(dim=1)
-        for j in range(len(chunk)):
+        for j, n in enumerate(lengths):
             gap = float(score[j, best[j]] - score[j, worst[j]])
-            out.append((captions[j], lengths[j], samples[j, best[j]], samples[j, worst[j]], gap))
+            out.append(DiffusionPair(captions[j], samples[j, best[j], :n], samples[j, worst[j], :n], gap))
     return out
+
+
+def labelled_pairs(
+    table: pd.DataFrame, root: Path, mean: np.ndarray, std: np.ndarray, split: str, source: str
+) -> list[DiffusionPair]:
+    """The ``split`` rows of a preference table of diffusion samples (``ingest_labels@mdm``'s: ``prompt``,
+    ``chosen_features``, ``rejected_features``, paths of un-normalised (T, D) motions under ``root``), normalised."""
+    missing = [c for c in ("pair_id", "prompt", "split", "chosen_features", "rejected_features") if c not in table]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}")
+    part = table[table["split"] == split]
+    if part.empty:
+        raise ValueError(f"{source}: no preferences in split {split!r}; label more pairs (sample_pairs@mdm)")
+    out = []
+    for rec in part.itertuples(index=False):
+        motions = []
+        for path in (rec.chosen_features, rec.rejected_features):
+            try:
+                x = np.load(root / path, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{source}: pair {rec.pair_id!r}: cannot read {path}: {e}") from None
+            if x.ndim != 2 or x.shape[1] != len(mean) or not len(x):
+                expected = f"(T, {len(mean)})"
+                raise ValueError(f"{source}: pair {rec.pair_id!r}: {path} has shape {x.shape}; expected {expected}")
+            motions.append(torch.from_numpy(((x - mean) / std).astype(np.float32)))
+        out.append(DiffusionPair(rec.prompt, *motions))
+    return out
+
+
+def _dpo_epoch(
+    run: _Finetune, pairs: Sequence[DiffusionPair], beta: float, prefix: str, epoch: int
+) -> tuple[dict[str, float], float | None]:
+    """One shuffled pass of Diffusion-DPO over ``pairs``. Logs per step under ``prefix/`` the loss, the implicit
+    accuracy (the policy denoises the preferred motion better, relative to the reference, than the unpreferred
+    one), the margin and MoDiPO's score gap; returns the pass's means and the first step's loss (None after)."""
+    order = run.rng.sample(range(len(pairs)), len(pairs))
+    sums: dict[str, float] = {}
+    first_loss = None
+    batches = range(0, len(order), run.cfg.batch_size)
+    for begin in track(batches, f"{prefix} epoch {epoch}", len(batches)):
+        chunk = [pairs[i] for i in order[begin : begin + run.cfg.batch_size]]
+        x_w, _ = pad([p.preferred for p in chunk])
+        x_l, _ = pad([p.rejected for p in chunk])
+        frames = max(x_w.shape[1], x_l.shape[1])  # pad both to one length: the pair shares its noise
+        x_w, x_l = (torch.nn.functional.pad(x, (0, 0, 0, frames - x.shape[1])) for x in (x_w, x_l))
+        lengths_w, lengths_l = [len(p.preferred) for p in chunk], [len(p.rejected) for p in chunk]
+        l_w, l_l, r_w, r_l = run.pair_losses(x_w, x_l, lengths_w, [p.caption for p in chunk], lengths_l)
+        loss = diffusion_dpo_loss(l_w, l_l, r_w.to(l_w.device), r_l.to(l_w.device), beta).mean()
+        run.update(loss)
+        inside = ((l_w.detach() - r_w) - (l_l.detach() - r_l)).cpu()
+        metrics = {
+            "loss": loss.item(),
+            "accuracy": (inside < 0).float().mean().item(),
+            "margin": (-0.5 * beta * inside).mean().item(),
+        }
+        gaps = [p.score_gap for p in chunk if p.score_gap is not None]
+        if gaps:
+            metrics["score_gap"] = float(np.mean(gaps))
+        if run.step == 1:
+            first_loss = metrics["loss"]
+        _log_all(run.job, prefix, metrics, run.step, sums, len(chunk))
+    return {key: value / len(order) for key, value in sums.items()}, first_loss
 
 
 def run_modipo(
@@ -376,54 +456,54 @@ def run_modipo(
 ) -> dict[str, float]:
     """Finetune ``data.policy`` with MoDiPO: Diffusion-DPO (beta ``job.beta``) on best-vs-worst pairs of K
     samples per caption, drawn once from the pretrained policy (the reference) or, ``online``, from the current
-    policy at the start of every epoch, for that epoch's captions. Logs per step under ``modipo/`` the loss, the
-    implicit accuracy (the policy denoises the preferred motion better, relative to the reference, than the
-    unpreferred one) and the margin; returns the last epoch's means, ``first_loss`` (log 2), the steps and the
-    preference-generation time."""
+    policy at the start of every epoch, for that epoch's captions. Logs under ``modipo/`` (``_dpo_epoch``);
+    returns the last epoch's means, ``first_loss`` (log 2), the steps and the preference-generation time."""
     beta = job.require_beta("modipo")
     run = _Finetune(job, data, cfg)
     last: dict[str, float] = {}
-    first_loss, captions_seen = float("nan"), 0
+    first_loss: float | None = None
     fixed = None if online else run.captions_for_epoch()
-    pairs_cache = None
+    pairs: list[DiffusionPair] = []
     for epoch in range(1, cfg.modipo.epochs + 1):
-        if online or pairs_cache is None:
+        if online or not pairs:
             rows = run.captions_for_epoch() if online else fixed
             assert rows is not None
-            model = run.policy if online else run.reference
             run.policy.eval()
-            pairs_cache = modipo_pairs(run, model, rows, cfg.modipo.k)
-        order = run.rng.sample(range(len(pairs_cache)), len(pairs_cache))
-        sums: dict[str, float] = {}
-        batches = range(0, len(order), cfg.batch_size)
-        for begin in track(batches, f"modipo epoch {epoch}", len(batches)):
-            chunk = [pairs_cache[i] for i in order[begin : begin + cfg.batch_size]]
-            captions = [c for c, *_ in chunk]
-            lengths = [n for _, n, *_ in chunk]
-            x_w, _ = pad([w[:n] for (_, n, w, _, _) in chunk])
-            x_l, _ = pad([l[:n] for (_, n, _, l, _) in chunk])
-            l_w, l_l, r_w, r_l = run.pair_losses(x_w, x_l, lengths, captions)
-            loss = diffusion_dpo_loss(l_w, l_l, r_w.to(l_w.device), r_l.to(l_w.device), beta).mean()
-            run.update(loss)
-            captions_seen += len(chunk)
-            inside = ((l_w.detach() - r_w) - (l_l.detach() - r_l)).cpu()
-            metrics = {
-                "loss": loss.item(),
-                "accuracy": (inside < 0).float().mean().item(),
-                "margin": (-0.5 * beta * inside).mean().item(),
-                "score_gap": float(np.mean([g for *_, g in chunk])),
-            }
-            if run.step == 1:
-                first_loss = metrics["loss"]
-            _log_all(job, "modipo", metrics, run.step, sums, len(chunk))
-        last = {key: value / len(order) for key, value in sums.items()}
+            pairs = modipo_pairs(run, run.policy if online else run.reference, rows, cfg.modipo.k)
+        last, first = _dpo_epoch(run, pairs, beta, "modipo", epoch)
+        first_loss = first if first_loss is None else first_loss
     run.finish()
-    n_generated = len(pairs_cache or []) * (cfg.modipo.epochs if online else 1)
+    n_generated = len(pairs) * (cfg.modipo.epochs if online else 1)
     return {
         **last,
-        "first_loss": first_loss,
+        "first_loss": float("nan") if first_loss is None else first_loss,
         "steps": float(run.step),
         "epochs": float(cfg.modipo.epochs),
         "preference_seconds": run.sampling_seconds,
         "preference_seconds_per_caption": run.sampling_seconds / max(n_generated, 1),
+    }
+
+
+def run_diffusion_dpo(
+    job: FinetuneJob, cfg: DiffusionAlgoConfig, data: DiffusionFinetuneData, pairs: Sequence[DiffusionPair]
+) -> dict[str, float]:
+    """Finetune ``data.policy`` with Diffusion-DPO (beta ``job.beta``) on labelled ``pairs`` (``labelled_pairs``),
+    every pair each of ``cfg.dpo.epochs`` epochs. Logs under ``dpo/`` (``_dpo_epoch``); returns the last epoch's
+    means, ``first_loss`` (log 2), the steps and the pairs."""
+    if not pairs:
+        raise ValueError("Diffusion-DPO needs at least one labelled pair")
+    beta = job.require_beta("diffusion dpo")
+    run = _Finetune(job, data, cfg)
+    first_loss: float | None = None
+    last: dict[str, float] = {}
+    for epoch in range(1, cfg.dpo.epochs + 1):
+        last, first = _dpo_epoch(run, pairs, beta, "dpo", epoch)
+        first_loss = first if first_loss is None else first_loss
+    run.finish()
+    return {
+        **last,
+        "first_loss": float("nan") if first_loss is None else first_loss,
+        "steps": float(run.step),
+        "epochs": float(cfg.dpo.epochs),
+        "pairs": float(len(pairs)),
     }

@@ -131,7 +131,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     assert set(mdm_table["vs_baseline"]) == {"mdm_sopo", "mdm_modipo", "mdm_modipo_online", "mdm_dpo"}
     assert len(mdm_table["seed_gains"]["mdm_sopo"]["r_precision_top1"]["per_seed"]) == 3
     assert set(mld_table["preference_time"]) == {"mld_sopo", "mld_modipo"}
-    assert [w["temperature"] for w in mdm_table["winrates"]] == [1.0, 1.0]  # one cell: no temperature
+    assert [w["temperature"] for w in mdm_table["winrates"]] == [1.0, 1.0, 1.0]  # one cell each: no temperature
     assert "# MDM-style diffusion policy" in (project / "reports" / "comparison.md").read_text()
 
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)

@@ -232,3 +232,12 @@ def test_a_key_given_twice_is_refused(tmp_path, text, error):
     params.write_text(text)
     with pytest.raises(ConfigError, match=rf"params\.yaml: not valid YAML: {error}"):
         load_params(params)
+
+
+def test_labels_for_a_policy_take_its_labeler_and_an_unknown_policy_is_an_error() -> None:
+    labels = parse_params({"labels": {"labeler": "simulated", "labeler_for": {"mdm": "ai"}}}).labels
+    assert labels.for_policy("mdm").labeler == "ai" and labels.for_policy("sft").labeler == "simulated"
+    assert labels.for_policy("mdm").simulated == labels.simulated  # only the labeler changes
+    assert parse_params({"labels": {"labeler": "ai", "labeler_for": {}}}).labels.for_policy("mdm").labeler == "ai"
+    with pytest.raises(ConfigError, match=r"labels\.labeler_for\.mld"):
+        parse_params({"labels": {"labeler_for": {"mld": "ai"}}})

@@ -2,8 +2,9 @@
 (``sample_pairs@<policy>``), into data/prefs/labels/simulated/ (``sft``) or data/prefs/<policy>/labels/simulated/.
 
 ``labels.labeler: simulated`` (the embedded default) asks N labelers driven by the synthetic judge;
-``ai`` asks the retrieval scorer (AI feedback, works on real data). Humans label in ``motionpref label-app``,
-which appends to ``<labels>/<labeler>.jsonl`` beside this folder; ingestion reads both.
+``ai`` asks the retrieval scorer (AI feedback, works on real data); ``labels.labeler_for`` overrides it per
+policy (the default labels MDM's pairs with AI feedback: the judge fails every CPU MDM sample). Humans label in
+``motionpref label-app``, which appends to ``<labels>/<labeler>.jsonl`` beside this folder; ingestion reads both.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     pairs_path = ctx.path(artifacts.prefs_path(policy, artifacts.PAIRS))
     pairs = read_pairs(pairs_path)
     scorer = partial(RetrievalModel.load, ctx.path(artifacts.RETRIEVAL))
-    judge = make_judge(params.labels, pair_prompts(pairs), ctx.dataset(params.data).skeleton, scorer, str(pairs_path))
+    judge = make_judge(
+        params.labels.for_policy(policy),
+        pair_prompts(pairs),
+        ctx.dataset(params.data).skeleton,
+        scorer,
+        str(pairs_path),
+    )
     files = label_pairs(pairs, perceive_pairs(pairs, ctx.root, judge), judge, params.stage_seed("label"))
     with atomic_dir(ctx.path(artifacts.prefs_path(policy, artifacts.SIMULATED_LABELS))) as tmp:
         for labeler, judgments in files.items():

@@ -120,19 +120,17 @@ def label_app(
         _fail(str(e))
     cfg = resolved.app
     from motionpref.pipeline import artifacts
+    from motionpref.pipeline.ingest_labels import sources
     from motionpref.prefs.app import label_app_main
 
     # the pairs and label folder that ingest_labels@<policy> reads, so what a human labels is what gets ingested
-    if policy == "sft":
-        pairs, labels_dir = resolved.ingest.pairs, resolved.ingest.labels_dir
-    else:
-        try:
-            pairs, labels_dir = (Path(artifacts.prefs_path(policy, p)) for p in (artifacts.PAIRS, artifacts.LABELS_DIR))
-        except ValueError as e:
-            _fail(str(e))
+    try:
+        pairs, labels_dir = sources(resolved.ingest, policy)
+    except ValueError as e:
+        _fail(str(e))
     label_app_main(
-        pairs,
-        labels_dir,
+        Path(pairs),
+        Path(labels_dir),
         host or cfg.host,
         port or cfg.port,
         users,

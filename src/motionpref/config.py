@@ -453,13 +453,12 @@ class LabelsConfig(Section):
     # label@<policy> asks labeler_for[policy] instead: the synthetic judge fails every sample of the CPU MDM
     # (realism 0), so its labelers skip every MDM pair and AI feedback labels them
     labeler_for: dict[Literal["sft", "mdm"], Literal["simulated", "ai"]] = {"mdm": "ai"}
+    simulated: SimulatedLabelersConfig = SimulatedLabelersConfig()
+    ai: AIFeedbackConfig = AIFeedbackConfig()
 
     def for_policy(self, policy: str) -> LabelsConfig:
         """This config with the labeler that labels ``policy``'s pairs."""
         return self.model_copy(update={"labeler": self.labeler_for.get(policy, self.labeler)})
-
-    simulated: SimulatedLabelersConfig = SimulatedLabelersConfig()
-    ai: AIFeedbackConfig = AIFeedbackConfig()
 
 
 class IngestConfig(Section):

@@ -10,10 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from motionpref.config import Params
+from motionpref.config import IngestConfig, Params
 from motionpref.pipeline import StageContext, artifacts
 
 ITEM = "policy"
+
+
+def sources(ingest: IngestConfig, policy: str) -> tuple[str, str]:
+    """The pairs table and labels folder of ``policy``'s pairs: ``ingest.pairs`` and ``ingest.labels_dir`` for
+    ``sft``, a diffusion base's under data/prefs/<policy>/; the labeling app serves the same two."""
+    if policy == "sft":
+        return str(ingest.pairs), str(ingest.labels_dir)
+    return artifacts.prefs_path(policy, artifacts.PAIRS), artifacts.prefs_path(policy, artifacts.LABELS_DIR)
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -27,10 +35,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     def at(path: str) -> Path:
         return ctx.path(artifacts.prefs_path(policy, path))
 
-    if policy == "sft":
-        labels_dir, pairs_path = ctx.path(str(cfg.labels_dir)), ctx.path(str(cfg.pairs))
-    else:
-        labels_dir, pairs_path = at(artifacts.LABELS_DIR), at(artifacts.PAIRS)
+    pairs_path, labels_dir = (ctx.path(p) for p in sources(cfg, policy))
     paths = sorted(labels_dir.rglob("*.jsonl"))
     if not paths:
         raise FileNotFoundError(f"{labels_dir}: no label files (*.jsonl): run the label stage or the labeling app")

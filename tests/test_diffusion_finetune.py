@@ -47,6 +47,7 @@ from motionpref.train.diffusion import (
     DiffusionFinetuneData,
     DiffusionPair,
     _Finetune,
+    encode_latents,
     labelled_pairs,
     length_batch,
     pad,
@@ -403,6 +404,36 @@ def test_train_policy_needs_the_vae_stage_for_mld_and_trains_mdm() -> None:
         assert torch.equal(v, vae_after_its_stage[0][k]), k
     with pytest.raises(ValueError, match="no training clips"):
         DiffusionExamples([], [])
+
+
+def test_mld_denoiser_trains_on_latents_encoded_once() -> None:
+    data = DiffusionExamples(MOTIONS, CLIP_CAPTIONS)
+    mld = policy("mld")
+    mld.vae.eval()
+    # batched with padding, each clip's latent is the posterior mean of the clip encoded alone
+    latents = encode_latents(mld, data, batch_size=2)
+    for i, motion in enumerate(MOTIONS):
+        x, mask = pad([motion])
+        alone = mld.to_diffusion(x, mask)[0][0]
+        torch.testing.assert_close(latents[i], alone, atol=1e-5, rtol=1e-5)
+
+    encoder_calls: list[str] = []
+    vae_steps: list[int] = []
+
+    def after_a_vae_step(name: str, value: float, step: int) -> None:
+        if name == "vae/loss":
+            vae_steps.append(step)
+            encoder_calls.clear()  # count only the calls after the VAE stage's last step
+
+    hook = mld.vae.encoder.register_forward_hook(lambda *_: encoder_calls.append("encode"))
+    vae_train = DiffusionTrainConfig(steps=2, batch_size=2, log_every=1)
+    try:
+        train_policy(mld, data, DiffusionTrainConfig(steps=4, batch_size=2), 0, vae_train, after_a_vae_step)
+    finally:
+        hook.remove()
+    assert vae_steps == [1, 2]
+    # ceil(5 clips / 2) caching batches; the 4 denoiser steps never run the VAE
+    assert len(encoder_calls) == math.ceil(len(MOTIONS) / 2)
 
 
 # ------------------------------------------------------------------------------------------------ win rates

@@ -39,7 +39,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     algorithms = ["dpo", "rlhf", "sopo"]
     replicates = [f"{algo}_s{k}" for algo in algorithms for k in (1, 2)]  # the report's seed replicates
     diffusion_winrates = ["mdm_sopo", "mdm_modipo", "mdm_dpo", "mld_sopo", "mld_modipo"]
-    diffusion = [*diffusion_winrates, "mdm_sopo_s1", "mdm_sopo_s2", "mdm_modipo_online"]
+    diffusion = [*diffusion_winrates, "mdm_sopo_s1", "mdm_sopo_s2", "mld_sopo_s1", "mld_sopo_s2", "mdm_modipo_online"]
     plan: list[tuple[str, str | None]] = [
         *[
             (name, None)
@@ -130,6 +130,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     assert mdm_table["baseline"] == "mdm" and mld_table["baseline"] == "mld"
     assert set(mdm_table["vs_baseline"]) == {"mdm_sopo", "mdm_modipo", "mdm_modipo_online", "mdm_dpo"}
     assert len(mdm_table["seed_gains"]["mdm_sopo"]["r_precision_top1"]["per_seed"]) == 3
+    assert len(mld_table["seed_gains"]["mld_sopo"]["r_precision_top1"]["per_seed"]) == 3
     assert set(mld_table["preference_time"]) == {"mld_sopo", "mld_modipo"}
     assert [w["temperature"] for w in mdm_table["winrates"]] == [1.0, 1.0, 1.0]  # one cell each: no temperature
     assert "# MDM-style diffusion policy" in (project / "reports" / "comparison.md").read_text()

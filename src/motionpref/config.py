@@ -679,7 +679,8 @@ class MLDConfig(Section):
     denoiser_ff_size: int = Field(128, ge=1)
     denoiser_num_layers: int = Field(3, ge=1)
     num_heads: int = Field(4, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    vae_dropout: float = Field(0.1, ge=0, lt=1)
+    denoiser_dropout: float = Field(0.1, ge=0, lt=1)
     activation: Literal["gelu", "relu"] = "gelu"
     text_encoded_dim: int = Field(64, ge=1)  # size of the text embedding (CLIP ViT-L/14: 768)
     guidance_uncondp: float = Field(0.1, ge=0, lt=1)  # chance a training caption becomes "" (for guidance)
@@ -768,9 +769,9 @@ class MLDSection(Section):
     init: Literal["scratch", "mld"] = "scratch"
     checkpoint: Path | None = None  # for mld: the Lightning .ckpt with vae.* and denoiser.*
     text: TextEncoderConfig = TextEncoderConfig()
-    model: MLDConfig = MLDConfig()
+    model: MLDConfig = MLDConfig(denoiser_dropout=0.0)  # a CPU-sized denoiser underfits: dropout only slows it
     vae_train: DiffusionTrainConfig = DiffusionTrainConfig(steps=1500)
-    train: DiffusionTrainConfig = DiffusionTrainConfig(steps=3000)
+    train: DiffusionTrainConfig = DiffusionTrainConfig(steps=15000)
     sampling: DiffusionSamplingConfig = DiffusionSamplingConfig(steps=10, guidance=7.5, eta=0.0)
 
     @model_validator(mode="after")
@@ -903,6 +904,7 @@ DIFFUSION_TABLES = [
         baseline="mld",
         models=["gt", "mld", "mld_sopo", "mld_modipo"],
         winrate_models=["mld_sopo", "mld_modipo"],
+        replicated=["mld_sopo"],
     ),
 ]
 

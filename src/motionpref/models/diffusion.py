@@ -20,12 +20,11 @@ between policy and reference.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +47,7 @@ from motionpref.models.checkpoint import (
     read_section,
     save_weights,
 )
+from motionpref.models.modes import evaluating
 from motionpref.models.retrieval import PAD_ID, PAD_TOKEN, build_tokenizer, sinusoidal_positions
 
 PredictionType = Literal["sample", "epsilon"]
@@ -381,11 +381,11 @@ class MldVae(nn.Module):
         self.query_pos_encoder = PositionEmbeddingLearned1D(d, config.max_positions)
         self.query_pos_decoder = PositionEmbeddingLearned1D(d, config.max_positions)
         encoder_layer = nn.TransformerEncoderLayer(
-            d, config.num_heads, config.vae_ff_size, config.dropout, activation=config.activation, batch_first=True
+            d, config.num_heads, config.vae_ff_size, config.vae_dropout, activation=config.activation, batch_first=True
         )
         self.encoder = SkipTransformer(encoder_layer, config.vae_num_layers, nn.LayerNorm(d))
         decoder_layer = nn.TransformerDecoderLayer(
-            d, config.num_heads, config.vae_ff_size, config.dropout, activation=config.activation, batch_first=True
+            d, config.num_heads, config.vae_ff_size, config.vae_dropout, activation=config.activation, batch_first=True
         )
         self.decoder = SkipTransformer(decoder_layer, config.vae_num_layers, nn.LayerNorm(d))
         self.global_motion_token = nn.Parameter(torch.randn(2 * config.latent_size, d))
@@ -430,7 +430,12 @@ class MldDenoiser(nn.Module):
         )
         self.query_pos = PositionEmbeddingLearned1D(d, config.max_positions)
         layer = nn.TransformerEncoderLayer(
-            d, config.num_heads, config.denoiser_ff_size, config.dropout, activation=config.activation, batch_first=True
+            d,
+            config.num_heads,
+            config.denoiser_ff_size,
+            config.denoiser_dropout,
+            activation=config.activation,
+            batch_first=True,
         )
         self.encoder = SkipTransformer(layer, config.denoiser_num_layers, nn.LayerNorm(d))
 
@@ -551,27 +556,24 @@ class DiffusionPolicy(nn.Module, ABC):
     def training_loss(
         self, motions: Tensor, mask: Tensor, texts: Sequence[str], generator: torch.Generator | None = None
     ) -> Tensor:
-        """The diffusion training loss of a batch: uniform timesteps, Gaussian noise, and each caption replaced
-        by the null condition with the family's probability (MDM's cond_mask_prob, MLD's guidance_uncondp)."""
-        if len(texts) != motions.shape[0]:
-            raise ValueError(f"got {len(texts)} texts for {motions.shape[0]} motions")
+        """The diffusion training loss of a batch of motions (``diffusion_loss`` of their ``to_diffusion``)."""
         x0, dmask = self.to_diffusion(motions, mask, generator)
+        return self.diffusion_loss(x0, dmask, texts, generator)
+
+    def diffusion_loss(
+        self, x0: Tensor, dmask: Tensor | None, texts: Sequence[str], generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The diffusion training loss of a batch already in the diffusion space: uniform timesteps, Gaussian
+        noise, and each caption replaced by the null condition with the family's probability (MDM's
+        cond_mask_prob, MLD's guidance_uncondp)."""
+        if len(texts) != x0.shape[0]:
+            raise ValueError(f"got {len(texts)} texts for {x0.shape[0]} motions")
         batch, gen_device = x0.shape[0], _generator_device(generator)
         t = torch.randint(0, self.config.diffusion_steps, (batch,), generator=generator, device=gen_device)
         drop = torch.rand(batch, generator=generator, device=gen_device) < self.cond_drop_prob
         cond = self.condition(texts)
         cond = torch.where(drop.to(cond.device)[:, None], self.null_condition(batch), cond)
         return denoising_losses(self, x0, dmask, cond, t.to(x0.device), _randn(tuple(x0.shape), generator, x0)).mean()
-
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
 
     def sample(
         self,
@@ -599,7 +601,7 @@ class DiffusionPolicy(nn.Module, ABC):
         scheduler = self.sampling_scheduler()
         scheduler.set_timesteps(config.steps)
         guided = config.guidance != 1.0
-        with self._inference():
+        with evaluating(self):
             shape, masked = self.diffusion_shape(len(texts), mask.shape[1])
             cond = self.condition(texts)
             dmask = mask if masked else None

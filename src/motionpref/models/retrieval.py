@@ -17,10 +17,9 @@ other, so finetuning never optimises the metric it is judged by.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from motionpref.models.checkpoint import (
     read_section,
     save_weights,
 )
+from motionpref.models.modes import evaluating
 
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
@@ -230,19 +230,9 @@ class RetrievalModel(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
-
     def encode_text(self, captions: Sequence[str], batch_size: int = 256) -> Tensor:
         """(B, d) unit-norm text embeddings (no gradient, dropout off)."""
-        with self._inference():
+        with evaluating(self):
             chunks = [
                 F.normalize(self.embed_text(*self.tokenize(captions[i : i + batch_size])), dim=-1)
                 for i in range(0, len(captions), batch_size)
@@ -272,7 +262,7 @@ class RetrievalModel(nn.Module):
             if lengths is not None:
                 raise ValueError("lengths is only for a padded tensor; a list of arrays carries its own")
             batches = [self.pad_motions(motions[i : i + batch_size]) for i in range(0, len(motions), batch_size)]
-        with self._inference():
+        with evaluating(self):
             chunks = [F.normalize(self.embed_motion(x, n), dim=-1) for x, n in batches]
         return torch.cat(chunks) if chunks else torch.zeros(0, self.config.latent_dim, device=self.device)
 

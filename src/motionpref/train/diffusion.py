@@ -105,7 +105,7 @@ def _fit(
     name: str,
     params: list[nn.Parameter],
     loss_fn: Callable[[list[int], torch.Generator], Tensor],
-    lengths: Sequence[int],
+    draw: Callable[[int, random.Random], list[int]],
     cfg: DiffusionTrainConfig,
     seed: int,
     log: LogMetric | None,
@@ -116,7 +116,7 @@ def _fit(
     window: list[float] = []
     first = float("nan")
     for step in track(range(1, cfg.steps + 1), f"train {name}", cfg.steps):
-        loss = loss_fn(length_batch(lengths, cfg.batch_size, rng), generator)
+        loss = loss_fn(draw(cfg.batch_size, rng), generator)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: the loss is {loss.item()} at step {step}")
         optimiser.zero_grad(set_to_none=True)
@@ -133,6 +133,20 @@ def _fit(
     return {f"{name}_first_loss": first, f"{name}_loss": last, f"{name}_steps": float(cfg.steps)}
 
 
+def encode_latents(policy: MLDPolicy, data: DiffusionExamples, batch_size: int) -> Tensor:
+    """(N, latent_size, latent_dim) posterior means of the frozen VAE, one per clip, encoded in batches of
+    similar length (``MLDPolicy.to_diffusion`` of each clip)."""
+    order = sorted(range(len(data)), key=lambda i: len(data.motions[i]))
+    shape = (len(data), policy.config.latent_size, policy.config.latent_dim)
+    latents = torch.empty(shape, device=policy.device)
+    with torch.no_grad():
+        for begin in range(0, len(order), batch_size):
+            rows = order[begin : begin + batch_size]
+            x, mask = pad([data.motions[i] for i in rows])
+            latents[rows] = policy.to_diffusion(x.to(policy.device), mask.to(policy.device))[0]
+    return latents
+
+
 def train_policy(
     policy: DiffusionPolicy,
     data: DiffusionExamples,
@@ -143,14 +157,21 @@ def train_policy(
 ) -> dict[str, float]:
     """Train ``policy`` in place on ``data`` (a random caption of each clip per step). An MLD policy first
     trains its VAE with ``vae_train`` (MLD's ``vae`` stage), then its denoiser and text encoder with the VAE
-    frozen (its ``diffusion`` stage). Returns each stage's first and last logged loss."""
+    frozen (its ``diffusion`` stage) on latents encoded once: the frozen VAE's forward was most of a step's cost,
+    and its posterior mean never changes. Returns each stage's first and last logged loss."""
     policy.train()
     lengths = data.lengths()
     caption_rng = random.Random(seed + 1)
 
+    def by_length(size: int, rng: random.Random) -> list[int]:
+        return length_batch(lengths, size, rng)
+
     def batch(rows: list[int]) -> tuple[Tensor, Tensor]:
         x, mask = pad([data.motions[i] for i in rows])
         return x.to(policy.device), mask.to(policy.device)
+
+    def texts(rows: list[int]) -> list[str]:
+        return [caption_rng.choice(data.captions[i]) for i in rows]
 
     out: dict[str, float] = {}
     if isinstance(policy, MLDPolicy):
@@ -160,15 +181,25 @@ def train_policy(
         def vae_loss(rows: list[int], generator: torch.Generator) -> Tensor:
             return policy.vae_loss(*batch(rows), generator)
 
-        out |= _fit("vae", list(policy.vae.parameters()), vae_loss, lengths, vae_train, seed, log)
+        out |= _fit("vae", list(policy.vae.parameters()), vae_loss, by_length, vae_train, seed, log)
         policy.vae.requires_grad_(False).eval()
+        latents = encode_latents(policy, data, vae_train.batch_size)
+
+        def latent_loss(rows: list[int], generator: torch.Generator) -> Tensor:
+            return policy.diffusion_loss(latents[rows], None, texts(rows), generator)
+
+        def uniform(size: int, rng: random.Random) -> list[int]:  # latents have one shape: nothing to pad
+            return [rng.randrange(len(data)) for _ in range(size)]
+
+        loss_fn, draw = latent_loss, uniform
+    else:
+
+        def frame_loss(rows: list[int], generator: torch.Generator) -> Tensor:
+            return policy.training_loss(*batch(rows), texts(rows), generator)
+
+        loss_fn, draw = frame_loss, by_length
     trainable = [p for p in policy.parameters() if p.requires_grad]
-
-    def diffusion_loss(rows: list[int], generator: torch.Generator) -> Tensor:
-        texts = [caption_rng.choice(data.captions[i]) for i in rows]
-        return policy.training_loss(*batch(rows), texts, generator)
-
-    out |= _fit("denoiser", trainable, diffusion_loss, lengths, train, seed + 2, log)
+    out |= _fit("denoiser", trainable, loss_fn, draw, train, seed + 2, log)
     policy.requires_grad_(True)
     return out
 

@@ -162,7 +162,7 @@ def test_a_real_folder_is_validated_and_linked(tmp_path: Path, monkeypatch: pyte
     project = tmp_path / "project"
     project.mkdir()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["data"].update(source="humanml3d", root=str(real))
+    params["data"].update(source="humanml3d", root=str(real), cmu_dir=str(ROOT / "tests" / "fixtures" / "cmu"))
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     (project / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     monkeypatch.chdir(project)
@@ -171,6 +171,9 @@ def test_a_real_folder_is_validated_and_linked(tmp_path: Path, monkeypatch: pyte
     link = project / "data" / "dataset"
     assert link.is_symlink() and link.resolve() == real.resolve()
     assert sum(metrics["clips"].values()) >= 9
+    # every out dvc.yaml names for the stage, in real mode too (DVC fails a stage that leaves one missing)
+    assert json.loads((project / "reports" / "prepare_data.json").read_text())["clips"] == metrics["clips"]
+    assert (project / "reports" / "judge_validation.md").is_file() and (project / "reports" / "gallery").is_dir()
     (real / "Std.npy").unlink()
     (real / "texts" / "000001.txt").unlink()
     with pytest.raises(DatasetError) as err:

@@ -68,5 +68,18 @@ def test_default_uri_is_sqlite_in_the_project_root(tmp_path, monkeypatch):
     assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
+def test_a_temporary_experiment_writes_its_own_copy_and_logs_to_its_workspaces_store(tmp_path, monkeypatch):
+    # DVC runs a queued experiment in a copy under .dvc/tmp/exps with DVC_ROOT naming the workspace it came from
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workspace, copy = tmp_path / "workspace", tmp_path / "workspace" / ".dvc" / "tmp" / "exps" / "run"
+    copy.mkdir(parents=True)
+    for folder in (workspace, copy):
+        (folder / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    monkeypatch.chdir(copy)
+    assert project_root() == copy
+    assert tracking_uri() == f"sqlite:///{workspace / 'mlflow.db'}"
+
+
 def test_flatten_nested_params():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}

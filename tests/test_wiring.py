@@ -23,7 +23,10 @@ from motionpref.pipeline import (
     DeclaredParams,
     UndeclaredParamError,
     declared_params,
+    lineage_params,
+    upstream,
 )
+from motionpref.pipeline import stage_addresses as pipeline_addresses
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -92,14 +95,7 @@ def covered(path: str, deps: list[str]) -> bool:
 
 
 def stage_addresses() -> list[tuple[str, str | None]]:
-    spec = yaml.safe_load(DVC_YAML.read_text())["stages"]
-    out: list[tuple[str, str | None]] = []
-    for name, stage in spec.items():
-        if "foreach" in stage:
-            out += [(name, str(item)) for item in stage["foreach"]]
-        else:
-            out.append((name, None))
-    return out
+    return [(name, item or None) for name, _, item in (a.partition("@") for a in pipeline_addresses(DVC_YAML))]
 
 
 def test_every_stage_module_is_a_dvc_stage_run_by_its_module(resolved: dict) -> None:
@@ -135,6 +131,26 @@ def test_our_params_resolution_is_dvcs(name: str, item: str | None, resolved: di
     stage = resolved[f"{name}@{item}" if item else name]
     theirs = [p for d in stage.deps if type(d).__name__ == "ParamsDependency" for p in d.params]
     assert sorted(declared_params(DVC_YAML, name, item)) == sorted(theirs)
+
+
+def test_our_upstream_stages_are_dvcs_dag(resolved: dict) -> None:
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        graph = repo.index.graph  # an edge runs from a stage to each stage whose outputs it reads
+        theirs = {s.addressing: {d.addressing for d in nx.descendants(graph, s)} for s in repo.index.stages}
+    assert set(theirs) == set(resolved)
+    for address, expected in theirs.items():
+        assert set(upstream(DVC_YAML, address)) == expected, address
+
+
+def test_a_stages_lineage_holds_what_changes_its_inputs_and_nothing_else() -> None:
+    evaluate_dpo = lineage_params(DVC_YAML, "evaluate@dpo")
+    assert {"algo.beta", "algo.dpo", "evaluate.sizes", "policy", "data"} <= set(evaluate_dpo)
+    assert "algo.sopo" not in evaluate_dpo and "profiles" not in evaluate_dpo
+    assert "algo.beta" not in lineage_params(DVC_YAML, "evaluate@sft")
+    assert "algo.beta" not in lineage_params(DVC_YAML, "evaluate@sopo")
 
 
 def test_every_stage_lists_what_selects_its_values() -> None:

@@ -101,6 +101,40 @@ def render(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def generate(
+    caption: Annotated[str, typer.Argument(help="what the person should do, e.g. 'a person kicks with the left leg'")],
+    out: Annotated[Path, typer.Option("--out", help="output .gif or .mp4")],
+    model: Annotated[
+        str, typer.Option("--model", help="trained models, comma-separated: sft, dpo, mdm_sopo, ... (data/models)")
+    ] = "sft",
+    seeds: Annotated[int, typer.Option("--seeds", help="samples per model, drawn with seeds 0..N-1")] = 1,
+    length: Annotated[
+        int | None,
+        typer.Option(
+            "--length",
+            help="frames of a diffusion policy's motions (default: drawn from the val clips' lengths with each "
+            "seed, as the win-rate study does); token policies end their motions themselves",
+        ),
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Sample a caption from trained models into one animation: a row per model, a column per seed, each panel
+    titled with its model and seed and, on synthetic data, the synthetic judge's score under it."""
+    from motionpref.generate import generate_grid
+    from motionpref.tracking import project_root
+
+    try:
+        resolved = load_params(params)
+        models = [m.strip() for m in model.split(",") if m.strip()]
+        written = generate_grid(
+            project_root(), resolved, caption, models, seeds, length, out, lambda line: typer.echo(line, err=True)
+        )
+    except (ValueError, OSError) as e:  # ConfigError, CheckpointError and DatasetError are ValueErrors
+        _fail(f"generate: {e}")
+    typer.echo(f"wrote {written}")
+
+
 @app.command("label-app")
 def label_app(
     params: ParamsOption = Path("params.yaml"),
@@ -159,6 +193,63 @@ def import_instructmotion(
     except (LabelError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(f"imported {len(imported.judgments)} judgments of {len(imported.pairs)} pairs into {out}")
+
+
+suite_app = typer.Typer(
+    help="Experiment suites (suites.yaml): grids of -S overrides x seeds through DVC's queue, tables from MLflow.",
+    no_args_is_help=True,
+)
+app.add_typer(suite_app, name="suite")
+RootOption = Annotated[Path, typer.Option("--root", help="the project folder (dvc.yaml, params.yaml, suites.yaml)")]
+
+
+@suite_app.command("list")
+def suite_list(root: RootOption = Path(".")) -> None:
+    """The suites of suites.yaml, with their runs."""
+    from motionpref.suites import SUITES_FILE, load_suites
+
+    try:
+        suites = load_suites(root / SUITES_FILE)
+    except ConfigError as e:
+        _fail(str(e))
+    for name, spec in suites.items():
+        variants = 1
+        for values in spec.grid.values():
+            variants *= len(values)
+        typer.echo(f"{name}: {variants} variant(s) x {len(spec.seeds)} seed(s). {spec.description}".rstrip())
+
+
+@suite_app.command("run")
+def suite_run(
+    name: Annotated[str, typer.Argument(help="a suite of suites.yaml")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="DVC queue workers (experiments at once)")] = 1,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and stop")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="ignore the runs MLflow already holds")] = False,
+    root: RootOption = Path("."),
+) -> None:
+    """Print the suite's plan (runs, estimated minutes from MLflow's recorded stage times), queue the runs MLflow
+    does not hold yet as DVC experiments and follow DVC's queue until they end."""
+    from motionpref.suites import main_run
+
+    try:
+        code = main_run(name, root.resolve(), jobs, dry_run, fresh)
+    except (ConfigError, RuntimeError) as e:
+        _fail(str(e))
+    raise typer.Exit(code)
+
+
+@suite_app.command("report")
+def suite_report(
+    name: Annotated[str, typer.Argument(help="a suite of suites.yaml")], root: RootOption = Path(".")
+) -> None:
+    """Write reports/tables/NAME.{md,json} from the suite's MLflow runs alone."""
+    from motionpref.suites import main_report
+
+    try:
+        path = main_report(name, root.resolve())
+    except ConfigError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {path}")
 
 
 if __name__ == "__main__":

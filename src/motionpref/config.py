@@ -935,11 +935,30 @@ class AppConfig(Section):
     preview_size: int = Field(320, ge=64)
 
 
+class SuiteTag(Section):
+    """Which suite run an experiment belongs to: set by ``motionpref suite run`` on each experiment it queues and
+    only tagged on MLflow runs (no stage reads it, so it never makes DVC rerun anything)."""
+
+    name: str | None = None
+    variant: str | None = None
+    seed: int | None = None  # the suite's seed (algo.seed) of this experiment
+
+    def tags(self) -> dict[str, str]:
+        if self.name is None:
+            return {}
+        return {
+            "motionpref.suite": self.name,
+            "motionpref.variant": self.variant or "",
+            "motionpref.seed": str(self.seed),
+        }
+
+
 class Params(Section):
     profile: str = "cpu"
     seed: int = Field(0, ge=0)
     experiment: str = Field("motionpref", min_length=1)
     threads: int = Field(2, ge=1, le=256)
+    suite: SuiteTag = SuiteTag()
     data: DataConfig = DataConfig()
     vqvae: VQVAESection = VQVAESection()
     evaluator: EvaluatorSection = EvaluatorSection()
@@ -980,7 +999,7 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _error_lines(err: ValidationError, prefix: str) -> list[str]:
+def error_lines(err: ValidationError, prefix: str) -> list[str]:
     lines = []
     for e in err.errors():
         key = prefix + (".".join(str(p) for p in e["loc"]) or "<top>")
@@ -992,7 +1011,7 @@ def _error_lines(err: ValidationError, prefix: str) -> list[str]:
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    return "\n".join([f"{source}: invalid parameters", *_error_lines(err, "")])
+    return "\n".join([f"{source}: invalid parameters", *error_lines(err, "")])
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
@@ -1015,7 +1034,7 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
         try:
             resolved[name] = Params.model_validate(_deep_merge(raw, override))
         except ValidationError as e:
-            problems += _error_lines(e, f"profiles.{name}.")
+            problems += error_lines(e, f"profiles.{name}.")
     if problems:
         raise ConfigError("\n".join([f"{source}: invalid parameters", *problems]))
     return resolved[base.profile]

@@ -16,9 +16,9 @@ MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
 
 
 def project_root(start: Path | None = None) -> Path:
-    """The folder holding dvc.yaml (DVC runs stages from there); the working directory if none is found."""
-    if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"])
+    """The folder holding dvc.yaml, searched from the working directory up (DVC runs a stage there); the working
+    directory if none is found. Not ``DVC_ROOT``: in a queued or ``--temp`` experiment DVC points it at the
+    workspace the experiment came from, whose files the stage must not touch."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         if (folder / "dvc.yaml").exists():
@@ -27,7 +27,10 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    """``MLFLOW_TRACKING_URI``, else ``mlflow.db`` in the workspace: the one an experiment came from (``DVC_ROOT``)
+    when a queued or ``--temp`` experiment runs in DVC's temporary copy, so its runs outlive the copy."""
+    root = Path(os.environ["DVC_ROOT"]) if os.environ.get("DVC_ROOT") else project_root()
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
 def git_commit(cwd: Path | None = None) -> str | None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
-from motionpref.config import ConfigError, DataConfig, Params, load_params
+from motionpref.config import ConfigError, DataConfig, Params, load_params, params_hash
 from motionpref.pipeline import artifacts
 from motionpref.tracking import StageRun, project_root, stage_run
 
@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from motionpref.motion.dataset import DatasetSpec
 
 NOT_STAGES = {"artifacts"}
+OUTPUTS_ARTIFACT = "outputs"  # where run_stage logs a stage's metrics files in its MLflow run
 # read by run_stage for every stage but not listed in dvc.yaml: how a stage runs, not what it computes
-RUNNER_PARAMS = ("experiment", "threads")
+RUNNER_PARAMS = ("experiment", "threads", "suite")
 
 
 def _stage_names() -> list[str]:
@@ -92,12 +93,20 @@ def _dvc_stages(dvc_yaml: Path) -> dict[str, Any]:
     return stages
 
 
-def declared_params(dvc_yaml: Path, name: str, item: str | None = None) -> list[str]:
-    """The params.yaml keys ``dvc.yaml`` lists for stage ``name`` (``name@item`` for a foreach stage).
+@cache
+def _params_yaml(path: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read it to resolve dvc.yaml: {e}") from None
+
+
+def _resolved_stage(dvc_yaml: Path, name: str, item: str | None = None) -> dict[str, Any]:
+    """Stage ``name`` (``name@item`` for a foreach stage) of ``dvc.yaml`` with ``${key}``, ``${item}`` and
+    ``${item.field}`` resolved in its params, deps, outs and metrics.
 
     Hand-resolved because DVC's own resolver needs a repo object (seconds, and its lock while ``dvc repro`` runs)
-    and only ``${key}``, ``${item}`` and ``${item.field}`` occur in params lists; tests/test_wiring.py checks
-    this against DVC's resolution of every stage."""
+    and only those forms occur there; tests/test_wiring.py checks this against DVC's resolution of every stage."""
     address = f"{name}@{item}" if item else name
     stage = _dvc_stages(dvc_yaml).get(name)
     if stage is None:
@@ -111,20 +120,82 @@ def declared_params(dvc_yaml: Path, name: str, item: str | None = None) -> list[
         stage = stage["do"]
 
     def resolve(match: re.Match[str]) -> str:
-        head, _, field = match.group(1).partition(".")
-        value = scope.get(head)
-        if field and isinstance(value, dict):
-            value = value.get(field)
+        head, *fields = match.group(1).split(".")
+        # ${item...} from the foreach item, anything else from params.yaml as it stands (DVC's vars)
+        value = scope[head] if head in scope else _params_yaml(dvc_yaml.parent / "params.yaml").get(head)
+        for field in fields:
+            value = value.get(field) if isinstance(value, dict) else None
         if value is None or isinstance(value, dict | list):
-            raise ConfigError(f"{dvc_yaml}: {address}: cannot resolve ${{{match.group(1)}}} in its params")
+            raise ConfigError(f"{dvc_yaml}: {address}: cannot resolve ${{{match.group(1)}}}")
         return str(value)
 
-    keys = []
-    for entry in stage.get("params") or []:
-        if not isinstance(entry, str):
-            raise ConfigError(f"{dvc_yaml}: {address}: params entries must be keys of params.yaml, got {entry!r}")
-        keys.append(_INTERPOLATION.sub(resolve, entry))
-    return keys
+    def entries(field: str) -> list[str]:
+        out = []
+        for entry in stage.get(field) or []:
+            if isinstance(entry, dict) and len(entry) == 1 and field != "params":
+                entry = next(iter(entry))  # {path: {cache: false}}
+            if not isinstance(entry, str):
+                raise ConfigError(f"{dvc_yaml}: {address}: {field} entries must be strings, got {entry!r}")
+            # twice: an item's value may itself be a ${params.key} (ingest_labels@sft's pairs)
+            out.append(_INTERPOLATION.sub(resolve, _INTERPOLATION.sub(resolve, entry)))
+        return out
+
+    return {field: entries(field) for field in ("params", "deps", "outs", "metrics")}
+
+
+def declared_params(dvc_yaml: Path, name: str, item: str | None = None) -> list[str]:
+    """The params.yaml keys ``dvc.yaml`` lists for stage ``name`` (``name@item`` for a foreach stage)."""
+    return _resolved_stage(dvc_yaml, name, item)["params"]
+
+
+def stage_addresses(dvc_yaml: Path) -> list[str]:
+    """Every stage of ``dvc.yaml`` as DVC addresses it (``evaluate@sft`` for each item of a foreach stage)."""
+    out = []
+    for name, stage in _dvc_stages(dvc_yaml).items():
+        if "foreach" in stage:
+            out += [f"{name}@{item}" for item in stage["foreach"]]
+        else:
+            out.append(name)
+    return out
+
+
+def _split(address: str) -> tuple[str, str | None]:
+    name, _, item = address.partition("@")
+    return name, item or None
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+@cache
+def upstream(dvc_yaml: Path, address: str) -> tuple[str, ...]:
+    """The stages whose outputs ``address`` reads, directly or through other stages (DVC's DAG, from dvc.yaml)."""
+    stages = {a: _resolved_stage(dvc_yaml, *_split(a)) for a in stage_addresses(dvc_yaml)}
+    writes = {a: s["outs"] + s["metrics"] for a, s in stages.items()}
+    found: set[str] = set()
+    todo = [address]
+    while todo:
+        deps = stages[todo.pop()]["deps"]
+        for other, outs in writes.items():
+            if other not in found and any(_under(d, o) or _under(o, d) for d in deps for o in outs):
+                found.add(other)
+                todo.append(other)
+    found.discard(address)
+    return tuple(sorted(found))
+
+
+def lineage_params(dvc_yaml: Path, address: str) -> list[str]:
+    """The params keys that decide what ``address`` computes: its own and those of every stage upstream of it.
+    Two runs with the same values of these keys (and the same code) compute the same outputs, whatever else
+    differs; ``lineage_hash`` of their values finds a stage's run of an experiment even where DVC restored it
+    from its run cache instead of running it."""
+    keys = {k for a in (address, *upstream(dvc_yaml, address)) for k in declared_params(dvc_yaml, *_split(a))}
+    return sorted(keys - {"profiles"})  # the selected profile's values are already in the resolved params
+
+
+def lineage_hash(params: Params, dvc_yaml: Path, address: str) -> str:
+    return params_hash({key: _value_at(params, key) for key in lineage_params(dvc_yaml, address)})
 
 
 def _covers(declared: list[str], key: str) -> bool:
@@ -189,11 +260,17 @@ def run_stage(
     root = project_root()
     declared = declared_params(root / "dvc.yaml", name, item)
     reads = {key: _value_at(params, key) for key in declared if key != "profiles"}
+    tags = {"motionpref.lineage_hash": lineage_hash(params, root / "dvc.yaml", address), **params.suite.tags()}
     seed_everything(params.seed, params.threads)
-    with stage_run(address, params.experiment, reads) as run:
+    with stage_run(address, params.experiment, reads, tags) as run:
         ctx = StageContext(root=root, run=run, item=item)
         metrics = module.run(DeclaredParams(params, "", [*declared, *RUNNER_PARAMS], address), ctx)
         run.log_metrics(metrics)
+        # the stage's metrics files, so tables can be rebuilt from MLflow alone (motionpref suite report)
+        for path in _resolved_stage(root / "dvc.yaml", name, item)["metrics"]:
+            if not (root / path).is_file():
+                raise FileNotFoundError(f"stage {address} wrote no {path}, which dvc.yaml names as its metrics")
+            run.log_artifact(root / path, OUTPUTS_ARTIFACT)
     return metrics
 
 

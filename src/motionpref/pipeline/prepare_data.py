@@ -32,27 +32,36 @@ def link_real_dataset(root: Path, link: Path, skeleton_name: str) -> dict[str, i
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
-    data = params.data
-    out = ctx.path(artifacts.DATASET)
-    if data.source != "synthetic":
-        counts = link_real_dataset(data.root, out, data.skeleton_name)  # type: ignore[arg-type]
-        return {"clips": counts}
-
     from motionpref.io import write_json
     from motionpref.synth.gallery import judge_report, render_gallery, write_judge_report
     from motionpref.synth.world import build_dataset
 
+    data = params.data
+    out = ctx.path(artifacts.DATASET)
     seed = params.stage_seed("prepare_data")
-    summary = build_dataset(
-        out,
-        n_clips=data.n_clips,
-        seed=seed,
-        split_fractions=(data.split.train, data.split.val, data.split.test),
-        mirror=data.mirror,
-        n_captions=data.n_captions,
-        n_novel=data.n_novel,
-        workers=data.workers,
-    )
+    if data.source == "synthetic":
+        summary = build_dataset(
+            out,
+            n_clips=data.n_clips,
+            seed=seed,
+            split_fractions=(data.split.train, data.split.val, data.split.test),
+            mirror=data.mirror,
+            n_captions=data.n_captions,
+            n_novel=data.n_novel,
+            workers=data.workers,
+        )
+        metrics: dict[str, Any] = {
+            "clips": summary.n_clips,
+            "mirrored": summary.n_mirrored,
+            "novel_programs": summary.n_novel,
+            "frames": summary.frames,
+            "splits": summary.splits,
+            "seconds": summary.seconds,
+        }
+    else:
+        metrics = {"clips": link_real_dataset(data.root, out, data.skeleton_name)}  # type: ignore[arg-type]
+    # dvc.yaml's outs in either mode: the synthetic judge's validation (on its own clips and the CMU ones) and the
+    # synthetic world's gallery do not depend on the dataset
     cmu_dir = ctx.path(str(data.cmu_dir))
     report = judge_report(data.judge_clips_per_primitive, seed=seed, cmu_dir=cmu_dir)
     reports = ctx.path(artifacts.REPORTS)
@@ -61,16 +70,10 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     for name in ("judge_validation.json", "judge_validation.md"):
         ctx.run.log_artifact(reports / name)
     ctx.run.log_artifact(reports / "gallery", "gallery")
-    metrics = {
-        "clips": summary.n_clips,
-        "mirrored": summary.n_mirrored,
-        "novel_programs": summary.n_novel,
-        "frames": summary.frames,
-        "splits": summary.splits,
-        "seconds": summary.seconds,
-        "judge": {k: report[k] for k in ("diagonal_mean", "diagonal_min", "off_diagonal_mean", "off_diagonal_max")},
-        "judge_cmu": report["cmu"],
+    metrics["judge"] = {
+        k: report[k] for k in ("diagonal_mean", "diagonal_min", "off_diagonal_mean", "off_diagonal_max")
     }
+    metrics["judge_cmu"] = report["cmu"]
     write_json(reports / "prepare_data.json", metrics)
     return metrics
 

@@ -179,7 +179,7 @@ def _cell(value: Any) -> str:
     return f"{value:.3f}"
 
 
-def _signed(diff: Mapping[str, Any]) -> str:
+def signed(diff: Mapping[str, Any]) -> str:
     mark = {"better": " ▲", "worse": " ▼", "within": ""}[diff["verdict"]]
     return f"{diff['mean']:+.3f} ± {diff['ci95']:.3f}{mark}"
 
@@ -237,7 +237,7 @@ def markdown(
             r1 = gains["r_precision_top1"]
             out.append(
                 f"| {name} | "
-                + " | ".join(_signed(gains[m]) for m in PAIRED)
+                + " | ".join(signed(gains[m]) for m in PAIRED)
                 + f" | {', '.join(f'{g:+.3f}' for g in r1['per_seed'])} | {r1['p']:.3f} |"
             )
     if comparison["vs_baseline"]:
@@ -253,7 +253,7 @@ def markdown(
             "|---|" + "---:|" * len(PAIRED),
         ]
         for name, diffs in comparison["vs_baseline"].items():
-            out.append(f"| {name} | " + " | ".join(_signed(diffs[m]) for m in PAIRED) + " |")
+            out.append(f"| {name} | " + " | ".join(signed(diffs[m]) for m in PAIRED) + " |")
     if comparison.get("retried"):
         out += [
             "",

@@ -1,0 +1,587 @@
+"""Experiment suites: named grids of ``-S`` overrides times seeds, run as DVC experiments through DVC's own queue
+and tabulated from MLflow alone.
+
+``suites.yaml`` names each suite: ``base`` overrides every run gets, a ``grid`` of keys and values (the variants
+are their product), ``seeds`` (each run's ``algo.seed``; the pipeline trains ``report.seeds`` replicates from
+it) and the models the table compares with a ``baseline``. ``motionpref suite run NAME`` queues one experiment per
+variant and seed (``dvc exp run --queue -S ...`` with only the evaluations the table needs as targets, so DVC runs
+those and what they read), starts ``dvc queue start --jobs N`` and follows it; ``motionpref suite report NAME``
+writes ``reports/tables/NAME.{md,json}`` from the runs' MLflow records.
+
+How a run is found in MLflow: every stage's run carries ``motionpref.lineage_hash``, the hash of the params that
+decide its outputs (its own and those of every stage upstream: ``pipeline.lineage_params``). A suite computes the
+hash each of its evaluations must have under the run's params and looks it up, so a stage DVC restored from its
+run cache instead of running (the baseline, shared by every variant) is found by the run that computed it, and a
+suite killed halfway queues only the runs whose evaluations MLflow does not hold yet. Matching is by params, not
+by code: a run recorded before a code change that alters outputs matches too (``--fresh`` ignores earlier runs).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from motionpref.config import ConfigError, Params, Section, error_lines, parse_params
+from motionpref.pipeline import OUTPUTS_ARTIFACT, artifacts, lineage_hash, stage_addresses, upstream
+from motionpref.report.compare import METRICS, PAIRED, compare_models, signed
+
+SUITES_FILE = "suites.yaml"
+TABLES_DIR = "reports/tables"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+
+
+class PaperResult(Section):
+    """What a paper reports for a row: its words or numbers, and the verdict its finding implies for our gain over
+    the baseline in ``metric`` (better, worse, or within: no difference). No trend: the finding is not a
+    direction against the baseline (a ranking of variants, say) and is shown but not checked."""
+
+    result: str
+    trend: Literal["better", "worse", "within"] | None = None
+    metric: Literal["r_precision_top1", "r_precision_top3", "mm_dist", "fid"] = "r_precision_top1"
+
+
+class SuiteSpec(Section):
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)  # key -> value, every run's overrides
+    grid: dict[str, list[Any]] = Field(default_factory=dict)  # key -> values; the variants are their product
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # algo.seed of each run
+    models: list[str] = Field(min_length=1)  # finetuned models: evaluate@<model> and its seed replicates
+    baseline: str  # evaluate@<baseline>, the model each gain is measured against
+    # the paper's result of a row, keyed "<variant> / <model>", "<variant>" or "<model>" (the first that matches)
+    paper: dict[str, PaperResult] = Field(default_factory=dict)
+    figure: bool = False  # also plot each model's R@1 gain against the one grid key's values (a paper figure)
+
+    @model_validator(mode="after")
+    def _figure_has_one_numeric_key(self) -> SuiteSpec:
+        numeric = len(self.grid) == 1 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in next(iter(self.grid.values()))
+        )
+        if self.figure and not numeric:
+            raise ValueError("figure: true needs a grid of one key whose values are numbers")
+        return self
+
+
+@dataclass(frozen=True)
+class SuiteRun:
+    """One DVC experiment of a suite: a variant of the grid at one seed."""
+
+    suite: str
+    variant: str
+    seed: int
+    overrides: dict[str, Any]  # every -S of the experiment, in order
+    name: str  # the DVC experiment's name
+    params: Params = field(compare=False, repr=False)
+
+
+# ------------------------------------------------------------------------------------------------ suites.yaml
+def load_suites(path: str | Path = SUITES_FILE) -> dict[str, SuiteSpec]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: suites file not found") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read it: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("suites"), dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'suites' mapping of name -> suite")
+    suites, problems = {}, []
+    for name, spec in raw["suites"].items():
+        if not _NAME.match(str(name)):
+            problems.append(f"  suites.{name}: a suite name is letters, digits and _")
+            continue
+        try:
+            suites[name] = SuiteSpec.model_validate(spec)
+        except ValidationError as e:
+            problems += error_lines(e, f"suites.{name}.")
+    if problems:
+        raise ConfigError("\n".join([f"{path}: invalid suites", *problems]))
+    return suites
+
+
+def _set(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    node = raw
+    *parents, last = key.split(".")
+    for i, part in enumerate(parents):
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: {key!r}: params.yaml has no section {'.'.join(parents[: i + 1])!r}")
+    if last not in node:
+        raise ConfigError(f"{where}: {key!r}: params.yaml has no such key")
+    node[last] = value
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", json.dumps(value) if not isinstance(value, str) else value).strip("_.")
+
+
+def suite_runs(name: str, spec: SuiteSpec, params_path: str | Path = "params.yaml") -> list[SuiteRun]:
+    """Every experiment of suite ``name``, with the params each resolves to (an override of a key params.yaml
+    lacks, or a value it refuses, is an error naming the suite and key)."""
+    params_path = Path(params_path)
+    raw = yaml.safe_load(params_path.read_text(encoding="utf-8"))
+    keys = list(spec.grid)
+    runs = []
+    for values in itertools.product(*(spec.grid[k] for k in keys)):
+        chosen = dict(zip(keys, values, strict=True))
+        variant = ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in chosen.items())
+        slug = "-".join(f"{k.rsplit('.', 1)[-1]}_{_slug(v)}" for k, v in chosen.items()) or "base"
+        for seed in spec.seeds:
+            overrides = {**spec.base, **chosen, "algo.seed": seed}
+            overrides.update({"suite.name": name, "suite.variant": variant or "base", "suite.seed": seed})
+            resolved = json.loads(json.dumps(raw))
+            for key, value in overrides.items():
+                _set(resolved, key, value, f"{SUITES_FILE}: suites.{name}")
+            try:
+                params = parse_params(resolved, f"{params_path} with suite {name}'s {variant or 'base'}")
+            except ConfigError as e:
+                raise ConfigError(f"{SUITES_FILE}: suites.{name}: {e}") from None
+            runs.append(SuiteRun(name, variant or "base", seed, overrides, f"{name}-{slug}-s{seed}", params))
+    if runs:
+        _check_seeds(name, spec, runs[0].params, params_path.parent / "dvc.yaml")
+    if len({r.name for r in runs}) != len(runs):
+        raise ConfigError(f"{SUITES_FILE}: suites.{name}: two variants give the same experiment name")
+    return runs
+
+
+def replicates(model: str, params: Params, dvc_yaml: Path) -> list[str]:
+    """The seed replicates of ``model`` the pipeline evaluates (``<model>``, ``<model>_s1``, ... up to
+    ``report.seeds``; a model without ``_s<k>`` stages has itself only)."""
+    known = set(stage_addresses(dvc_yaml))
+    names = [artifacts.replicate(model, k) for k in range(params.report.seeds)]
+    return [n for n in names if f"evaluate@{n}" in known]
+
+
+def targets(spec: SuiteSpec, params: Params, dvc_yaml: Path) -> list[str]:
+    """The evaluations a suite's table reads: the baseline's and every seed replicate of every model's."""
+    models = [r for m in spec.models for r in replicates(m, params, dvc_yaml)]
+    return [f"evaluate@{m}" for m in (spec.baseline, *models)]
+
+
+def _check_seeds(name: str, spec: SuiteSpec, params: Params, dvc_yaml: Path) -> None:
+    """Seeds close enough that one run's replicate is another's (algo.seed 0's ``_s1`` trains with seed 1, as
+    algo.seed 1's own model does) would count one training twice and narrow the intervals falsely."""
+    for model in (spec.baseline, *spec.models):
+        if f"evaluate@{model}" not in set(stage_addresses(dvc_yaml)):
+            raise ConfigError(f"{SUITES_FILE}: suites.{name}: no stage evaluate@{model} in {dvc_yaml}")
+        n = len(replicates(model, params, dvc_yaml))
+        seeds = sorted(spec.seeds)
+        close = [(a, b) for a, b in zip(seeds, seeds[1:], strict=False) if b - a < n]
+        if close:
+            a, b = close[0]
+            raise ConfigError(
+                f"{SUITES_FILE}: suites.{name}.seeds: {a} and {b} overlap: each run trains {model}'s replicates "
+                f"algo.seed .. algo.seed + {n - 1}; space the seeds by {n} or more (e.g. 0, {n})"
+            )
+
+
+def hydra_value(value: Any) -> str:
+    """A value as DVC's ``-S`` (Hydra's override grammar) reads it back."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", value):
+        return value
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# ----------------------------------------------------------------------------------------------------- MLflow
+@dataclass
+class RunIndex:
+    """The finished stage runs of an MLflow experiment: the latest per (stage, lineage hash), and every run's
+    duration per (stage, profile) for estimates."""
+
+    latest: dict[tuple[str, str], Any]
+    durations: dict[tuple[str, str], list[float]]
+
+    @classmethod
+    def load(cls, experiment: str, tracking_uri: str) -> RunIndex:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        found = mlflow.get_experiment_by_name(experiment)
+        runs: list[Any] = []
+        if found is not None:
+            runs = mlflow.search_runs(
+                [found.experiment_id],
+                "attributes.status = 'FINISHED'",
+                output_format="list",
+                order_by=["attributes.start_time ASC"],
+            )
+        latest: dict[tuple[str, str], Any] = {}
+        durations: dict[tuple[str, str], list[float]] = {}
+        for run in runs:
+            tags = run.data.tags
+            stage = tags.get("motionpref.stage")
+            if stage is None:
+                continue
+            if "motionpref.lineage_hash" in tags:
+                latest[(stage, tags["motionpref.lineage_hash"])] = run
+            if run.info.end_time:
+                seconds = (run.info.end_time - run.info.start_time) / 1000
+                durations.setdefault((stage, tags.get("motionpref.profile", "")), []).append(seconds)
+        return cls(latest, durations)
+
+    def find(self, address: str, params: Params, dvc_yaml: Path) -> Any | None:
+        return self.latest.get((address, lineage_hash(params, dvc_yaml, address)))
+
+    def estimate(self, address: str, profile: str) -> float | None:
+        """Seconds: the median of the recorded runs of ``address`` under ``profile``; None without a record."""
+        seconds = sorted(self.durations.get((address, profile), []))
+        return seconds[len(seconds) // 2] if seconds else None
+
+
+@dataclass
+class RunPlan:
+    run: SuiteRun
+    targets: list[str]
+    to_run: list[str]  # stages MLflow holds no run of under these params: DVC runs them (or its cache restores)
+    seconds: float  # the recorded times of the stages of to_run no earlier run of the plan counted
+    unknown: list[str]  # those of them with no recorded time
+
+    @property
+    def done(self) -> bool:
+        return not any(t in self.to_run for t in self.targets)
+
+
+def plan(spec: SuiteSpec, runs: Sequence[SuiteRun], index: RunIndex, dvc_yaml: Path) -> list[RunPlan]:
+    """Each run's stages that MLflow holds no run of; the time of a stage two runs share (the same lineage) is
+    counted once, for the first: DVC's run cache restores it for the second."""
+    out, counted = [], set()
+    for run in runs:
+        wanted = targets(spec, run.params, dvc_yaml)
+        stages = sorted({s for t in wanted for s in (t, *upstream(dvc_yaml, t))})
+        lineages = {s: lineage_hash(run.params, dvc_yaml, s) for s in stages}
+        to_run = [s for s in stages if (s, lineages[s]) not in index.latest]
+        done = not any(t in to_run for t in wanted)  # not queued: its stages cost nothing
+        new = [] if done else [s for s in to_run if (s, lineages[s]) not in counted]
+        counted |= {(s, lineages[s]) for s in new}
+        times = {s: index.estimate(s, run.params.profile) for s in new}
+        seconds = sum(t for t in times.values() if t is not None)
+        out.append(RunPlan(run, wanted, to_run, seconds, [s for s, t in times.items() if t is None]))
+    return out
+
+
+def describe_plan(name: str, plans: Sequence[RunPlan]) -> str:
+    pending = [p for p in plans if not p.done]
+    lines = [f"suite {name}: {len(plans)} runs, {len(plans) - len(pending)} already in MLflow, {len(pending)} to run"]
+    for p in plans:
+        if p.done:
+            lines.append(f"  {p.run.name}: done")
+            continue
+        estimate = f"~{p.seconds / 60:.1f} min" + (f", {len(p.unknown)} stages never recorded" if p.unknown else "")
+        lines.append(f"  {p.run.name}: {len(p.to_run)} stages to run or restore, {estimate}")
+    total = sum(p.seconds for p in pending)
+    unknown = sum(len(p.unknown) for p in pending)
+    lines.append(
+        f"estimated {total / 60:.1f} min from MLflow's median recorded time of each stage under the run's profile"
+        + (f", plus {unknown} stages never recorded" if unknown else "")
+        + " (DVC's run cache restores a stage it has seen in seconds)"
+    )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------- the queue
+def _dvc(args: Sequence[str], root: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+    return done
+
+
+def queue_status(root: Path, names: Iterable[str]) -> dict[str, str]:
+    """DVC queue status (Queued | Running | Success | Failed) of the named experiments it knows."""
+    from dvc.repo import Repo
+
+    wanted = set(names)
+    with Repo(str(root)) as repo:
+        return {e["name"]: e["status"] for e in repo.experiments.celery_queue.status() if e.get("name") in wanted}
+
+
+def enqueue(plans: Sequence[RunPlan], root: Path) -> None:
+    """Queue each pending run as a DVC experiment, replacing a failed or stale entry of the same name."""
+    pending = [p for p in plans if not p.done]
+    status = queue_status(root, [p.run.name for p in pending])
+    running = [n for n, s in status.items() if s == "Running"]
+    if running:
+        raise RuntimeError(f"already running in DVC's queue: {', '.join(running)} (dvc queue status)")
+    stale = [n for n, s in status.items() if s in ("Queued", "Failed")]
+    if stale:
+        _dvc(["queue", "remove", *stale], root)
+    # an experiment of that name whose evaluations MLflow lacks (its store was reset): run it again
+    existing = set(_dvc(["exp", "list", "--name-only"], root).stdout.split())
+    again = [p.run.name for p in pending if p.run.name in existing]
+    if again:
+        _dvc(["exp", "remove", *again], root)
+    for p in pending:
+        sets = [a for k, v in p.run.overrides.items() for a in ("-S", f"{k}={hydra_value(v)}")]
+        _dvc(["exp", "run", "--queue", "-n", p.run.name, *sets, *p.targets], root)
+
+
+def follow(plans: Sequence[RunPlan], root: Path, jobs: int, poll: float = 15.0) -> dict[str, str]:
+    """Start DVC's queue workers and report progress until every queued run of ``plans`` has ended; returns each
+    run's final status."""
+    names = [p.run.name for p in plans if not p.done]
+    # not through a pipe: the workers DVC leaves running would hold it open, and reading it would wait for them
+    started = subprocess.run(
+        ["dvc", "queue", "start", "--jobs", str(jobs)],
+        cwd=root,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"dvc queue start --jobs {jobs} failed (exit {started.returncode}); try it in {root}")
+    start = time.monotonic()
+    last = ""
+    while True:
+        status = queue_status(root, names)
+        counts = {s: sum(v == s for v in status.values()) for s in ("Queued", "Running", "Success", "Failed")}
+        line = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
+        running = [n for n, s in status.items() if s == "Running"]
+        if line != last:
+            elapsed = int(time.monotonic() - start)
+            extra = f" (running: {', '.join(running)})" if running else ""
+            print(f"[{elapsed // 60}:{elapsed % 60:02d}] {line}{extra}", flush=True)
+            last = line
+        if not counts["Queued"] and not counts["Running"]:
+            return status
+        time.sleep(poll)
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+def _artifact_report(client: Any, run: Any, model: str) -> dict[str, Any]:
+    import tempfile
+
+    name = Path(artifacts.model_metrics(model)).name
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run.info.run_id, f"{OUTPUTS_ARTIFACT}/{name}", tmp)
+        except Exception as e:  # MLflow raises its own and OSError kinds for a missing artifact
+            raise ConfigError(
+                f"MLflow run {run.info.run_id} (evaluate@{model}) has no {OUTPUTS_ARTIFACT}/{name}: {e}"
+            ) from None
+        return json.loads(Path(local).read_text(encoding="utf-8"))
+
+
+def suite_table(
+    name: str, spec: SuiteSpec, runs: Sequence[SuiteRun], index: RunIndex, client: Any, dvc_yaml: Path
+) -> dict[str, Any]:
+    """Each variant's models against the baseline, across every seed replicate of every run of the variant, from
+    the evaluations' metrics files logged in MLflow (``run_stage`` logs them)."""
+
+    variants: dict[str, list[SuiteRun]] = {}
+    for run in runs:
+        variants.setdefault(run.variant, []).append(run)
+    hits = {
+        (run.name, a): index.find(a, run.params, dvc_yaml) for run in runs for a in targets(spec, run.params, dvc_yaml)
+    }
+    missing = [f"{name}: {address}" for (name, address), hit in hits.items() if hit is None]
+    if missing:
+        raise ConfigError(
+            f"suite {name}: MLflow holds no run of " + "; ".join(missing) + f" (motionpref suite run {name})"
+        )
+    sources: dict[str, dict[str, Any]] = {}
+
+    def report(run: SuiteRun, model: str) -> dict[str, Any]:
+        hit = hits[(run.name, f"evaluate@{model}")]
+        sources[f"{run.name}:evaluate@{model}"] = {
+            "run_id": hit.info.run_id,
+            "commit": hit.data.tags.get("mlflow.source.git.commit"),
+        }
+        return _artifact_report(client, hit, model)
+
+    rows = {}
+    for variant, vruns in variants.items():
+        reports = {m: [report(r, k) for r in vruns for k in replicates(m, r.params, dvc_yaml)] for m in spec.models}
+        few = [m for m, reps in reports.items() if len(reps) < 2]
+        if few:
+            raise ConfigError(
+                f"suite {name}: {', '.join(few)}: a gain across seeds needs 2 or more replicates; give the suite "
+                "more seeds"
+            )
+        metrics = {spec.baseline: report(vruns[0], spec.baseline), **{m: reps[0] for m, reps in reports.items()}}
+        rows[variant] = compare_models(metrics, spec.baseline, None, reports)
+    return {
+        "suite": name,
+        "description": spec.description,
+        "baseline": spec.baseline,
+        "variants": rows,
+        "paper": {v: r.model_dump() for v, r in spec.paper.items()},
+        "sources": sources,
+    }
+
+
+def trend_holds(cited: Mapping[str, Any], gains: Mapping[str, Mapping[str, Any]]) -> str:
+    """Whether our seed-replicate gain in the cited metric gets the verdict the paper's finding implies; empty
+    where the paper gives no direction."""
+    if cited.get("trend") is None:
+        return ""
+    got = gains[cited["metric"]]["verdict"]
+    label = f"{METRICS[cited['metric']][0]} {got}"
+    return f"{'yes' if got == cited['trend'] else 'no'} ({label})"
+
+
+def table_markdown(table: Mapping[str, Any]) -> str:
+
+    baseline = table["baseline"]
+    paper = table["paper"]
+    out = [f"# Suite `{table['suite']}`", ""]
+    if table["description"]:
+        out += [table["description"], ""]
+    out += [
+        "Test split, first samples. R@1 and FID: each model's first seed replicate (mean over the evaluation's "
+        f"replications); each Δ is the gain over `{baseline}` on the same captions, crops and batches (a mean paired "
+        "difference per seed replicate), mean ± 95% Student t interval across the replicates; ▲ better or ▼ worse "
+        "only when the interval excludes 0."
+        + (
+            " paper: the paper's result for the row; holds: whether our gain gets the verdict the paper's finding "
+            "implies."
+            if paper
+            else ""
+        )
+        + " Built from MLflow by `motionpref suite report`.",
+        "",
+        "| variant | model | seeds | R@1 | FID | "
+        + " | ".join(f"Δ {METRICS[m][0]}" for m in PAIRED)
+        + " | p (Δ R@1) |"
+        + (" paper | holds |" if paper else ""),
+        "|---|---|---:|---:|---:|" + "---:|" * len(PAIRED) + "---:|" + ("---|---|" if paper else ""),
+    ]
+    for variant, comparison in table["variants"].items():
+        base = comparison["metrics"][baseline]
+        out.append(
+            f"| {variant} | {baseline} | 1 | {base['r_precision_top1']['mean']:.3f} | {base['fid']['mean']:.3f} |"
+            + " |" * (len(PAIRED) + 1)
+            + (" | |" if paper else "")
+        )
+        for model, gains in comparison["seed_gains"].items():
+            cited = paper.get(f"{variant} / {model}") or paper.get(variant) or paper.get(model) or {}
+            r1 = gains["r_precision_top1"]
+            own = comparison["metrics"][model]
+            out.append(
+                f"| {variant} | {model} | {len(r1['per_seed'])} | {own['r_precision_top1']['mean']:.3f} | "
+                f"{own['fid']['mean']:.3f} | "
+                + " | ".join(signed(gains[m]) for m in PAIRED)
+                + f" | {r1['p']:.3f} |"
+                + (f" {cited.get('result', '')} | {trend_holds(cited, gains)} |" if paper else "")
+            )
+    return "\n".join(out) + "\n"
+
+
+def gain_figure(table: Mapping[str, Any], key: str, values: Sequence[Any], path: Path) -> None:
+    """Each model's R@1 gain over the baseline (mean and 95% t interval across seeds) against the values of the
+    suite's one grid key, as the papers plot an ablation (InstructMotion Fig. 5: beta)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from motionpref.io import write_bytes
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    variants = list(table["variants"].values())
+    for model in variants[0]["seed_gains"]:
+        gains = [v["seed_gains"][model]["r_precision_top1"] for v in variants]
+        ax.errorbar(
+            values, [g["mean"] for g in gains], yerr=[g["ci95"] for g in gains], marker="o", capsize=3, label=model
+        )
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"Δ R@1 over {table['baseline']}")
+    ax.set_title(f"suite {table['suite']}")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def write_table(root: Path, table: Mapping[str, Any], spec: SuiteSpec) -> Path:
+    """reports/tables/<suite>.{json,md}, and .png where the suite is a paper's figure over one numeric key."""
+    from motionpref.io import write_json, write_text
+
+    md = root / TABLES_DIR / f"{table['suite']}.md"
+    if spec.figure:
+        if len(spec.grid) != 1 or not all(isinstance(v, int | float) for v in next(iter(spec.grid.values()))):
+            raise ConfigError(f"{SUITES_FILE}: suites.{table['suite']}.figure: needs one grid key of numbers")
+        ((key, values),) = spec.grid.items()
+        gain_figure(table, key, values, md.with_suffix(".png"))
+    write_json(md.with_suffix(".json"), table)
+    write_text(md, table_markdown(table))
+    return md
+
+
+def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> int:
+    from motionpref.config import load_params
+    from motionpref.tracking import tracking_uri
+
+    spec = _spec(name, root)
+    runs = suite_runs(name, spec, root / "params.yaml")
+    experiment = load_params(root / "params.yaml").experiment
+    uri = tracking_uri()
+    index = RunIndex({}, {}) if fresh else RunIndex.load(experiment, uri)
+    plans = plan(spec, runs, index, root / "dvc.yaml")
+    print(describe_plan(name, plans), flush=True)
+    if dry_run or all(p.done for p in plans):
+        return 0
+    import mlflow
+
+    # the queue's runs execute in DVC's temporary copies: make them log here, and create the experiment here so
+    # its artifact root is this checkout's, not a temporary folder's
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    enqueue(plans, root)
+    status = follow(plans, root, jobs)
+    failed = sorted(n for n, s in status.items() if s != "Success")
+    if failed:
+        print(
+            f"failed: {', '.join(failed)}; see `dvc queue logs NAME`; rerun `motionpref suite run {name}` to "
+            "retry them (finished runs are kept)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"suite {name} done: motionpref suite report {name}")
+    return 0
+
+
+def _spec(name: str, root: Path) -> SuiteSpec:
+    suites = load_suites(root / SUITES_FILE)
+    if name not in suites:
+        raise ConfigError(f"{root / SUITES_FILE}: no suite {name!r}; suites: {', '.join(suites)}")
+    return suites[name]
+
+
+def main_report(name: str, root: Path) -> Path:
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file read is noise here
+
+    from motionpref.config import load_params
+    from motionpref.tracking import tracking_uri
+
+    spec = _spec(name, root)
+    runs = suite_runs(name, spec, root / "params.yaml")
+    uri = tracking_uri()
+    index = RunIndex.load(load_params(root / "params.yaml").experiment, uri)
+    table = suite_table(name, spec, runs, index, mlflow.MlflowClient(uri), root / "dvc.yaml")
+    return write_table(root, table, spec)

@@ -1,0 +1,178 @@
+"""Experiment suites: the runs a suite names, the -S overrides DVC reads back, and tables built from MLflow alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from suite_fixtures import BASE_R1, BETA, GAINS, fill_store, log_evaluation, make_project, write_suites
+
+from motionpref.config import ConfigError, parse_params
+from motionpref.suites import (
+    RunIndex,
+    hydra_value,
+    load_suites,
+    main_report,
+    plan,
+    suite_runs,
+    targets,
+)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder with its own suites.yaml and MLflow store (artifacts under its mlruns/)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    return make_project(tmp_path)
+
+
+def test_a_suite_is_its_grids_product_at_every_seed(project: Path) -> None:
+    write_suites(
+        project,
+        {
+            "s": {
+                **BETA,
+                "grid": {"algo.beta": [0.1, 0.2], "algo.dpo.loss": ["ipo", "kto"]},
+                "seeds": [0, 3],
+                "base": {"evaluate.judge_texts": 7},
+            }
+        },
+    )
+    runs = suite_runs("s", load_suites(project / "suites.yaml")["s"], project / "params.yaml")
+    assert len(runs) == 8 and len({r.name for r in runs}) == 8
+    run = next(r for r in runs if r.variant == "algo.beta=0.2, algo.dpo.loss=kto" and r.seed == 3)
+    assert run.name == "s-beta_0.2-loss_kto-s3"
+    p = run.params
+    assert (p.algo.beta, p.algo.dpo.loss, p.algo.seed, p.evaluate.judge_texts) == (0.2, "kto", 3, 7)
+    assert (p.suite.name, p.suite.variant, p.suite.seed) == ("s", "algo.beta=0.2, algo.dpo.loss=kto", 3)
+    # what the table reads: the baseline and every seed replicate of the model (report.seeds of them)
+    assert targets(load_suites(project / "suites.yaml")["s"], p, project / "dvc.yaml") == [
+        "evaluate@sft",
+        "evaluate@dpo",
+        "evaluate@dpo_s1",
+        "evaluate@dpo_s2",
+    ]
+
+
+def test_a_model_without_replicate_stages_is_replicated_by_the_suites_seeds(project: Path) -> None:
+    spec = {"grid": {}, "seeds": [0, 3, 6], "models": ["mdm_sopo", "mdm_modipo"], "baseline": "mdm"}
+    write_suites(project, {"t": spec})
+    runs = suite_runs("t", load_suites(project / "suites.yaml")["t"], project / "params.yaml")
+    assert [r.seed for r in runs] == [0, 3, 6] and {r.variant for r in runs} == {"base"}
+    assert targets(load_suites(project / "suites.yaml")["t"], runs[0].params, project / "dvc.yaml") == [
+        "evaluate@mdm",
+        "evaluate@mdm_sopo",
+        "evaluate@mdm_sopo_s1",
+        "evaluate@mdm_sopo_s2",
+        "evaluate@mdm_modipo",
+    ]
+
+
+def test_dvcs_own_set_param_reads_the_overrides_back_as_the_suite_resolved_them(project: Path) -> None:
+    from dvc.utils.hydra import apply_overrides
+
+    write_suites(
+        project,
+        {
+            "s": {
+                **BETA,
+                "grid": {
+                    "winrate.temperatures": [[1.0, 1.5]],
+                    "pairs.sampling.top_k": [None],
+                    "prompts.llm": [None],
+                    "algo.dpo.data.degrees": ["much_better"],
+                },
+                "base": {"profile": "smoke", "experiment": "a run: with, odd = characters"},
+            }
+        },
+    )
+    (run,) = suite_runs("s", load_suites(project / "suites.yaml")["s"], project / "params.yaml")
+    apply_overrides(project / "params.yaml", [f"{k}={hydra_value(v)}" for k, v in run.overrides.items()])
+    assert parse_params(yaml.safe_load((project / "params.yaml").read_text())) == run.params
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({**BETA, "grid": {"algo.betta": [0.1]}}, "suites.s: 'algo.betta': params.yaml has no such key"),
+        ({**BETA, "grid": {"algo.nope.beta": [0.1]}}, "params.yaml has no section 'algo.nope'"),
+        ({**BETA, "seed": [0]}, "suites.s.seed: unknown key"),
+        ({**BETA, "grid": {"algo.dpo.loss": ["dpo"]}}, "algo.dpo.loss"),
+        ({k: v for k, v in BETA.items() if k != "models"}, "suites.s.models"),
+        ({**BETA, "grid": {"algo.dpo.loss": ["ipo", "kto"]}, "figure": True}, "one key whose values are numbers"),
+        (
+            {**BETA, "paper": {"algo.beta=0.1": {"result": "x", "trend": "upward"}}},
+            "suites.s.paper.algo.beta=0.1.trend",
+        ),
+    ],
+)
+def test_a_bad_suite_is_an_error_naming_its_key(project: Path, spec: dict, message: str) -> None:
+    write_suites(project, {"s": spec})
+    with pytest.raises(ConfigError, match="suites") as err:
+        suite_runs("s", load_suites(project / "suites.yaml")["s"], project / "params.yaml")
+    assert message in str(err.value)
+
+
+def test_the_table_is_built_from_mlflow_alone(project: Path) -> None:
+    runs = fill_store(project)
+    # an earlier evaluation of beta 0.1's seed 0 with other numbers: the latest run of a lineage is the one read
+    log_evaluation(project, runs[0].params, "evaluate@dpo", [x - 0.2 for x in BASE_R1])
+    log_evaluation(project, runs[0].params, "evaluate@dpo", [x + GAINS["algo.beta=0.1"][0] for x in BASE_R1])
+    # the paper's verdicts: beta 0.1's gain (+0.02 ± 0.025 over 3 seeds) holds 0: "better" fails, "within" holds
+    paper = {
+        "algo.beta=0.1 / dpo": {"result": "R@1 up", "trend": "better"},
+        "algo.beta=0.2": {"result": "flat", "trend": "within"},
+        "dpo": {"result": "never shown: a variant's key comes first"},
+    }
+    write_suites(project, {"s": {**BETA, "paper": paper, "figure": True}})
+    md = main_report("s", project)
+    table = json.loads(md.with_suffix(".json").read_text())
+    for variant, gains in GAINS.items():
+        got = table["variants"][variant]["seed_gains"]["dpo"]["r_precision_top1"]
+        assert got["per_seed"] == pytest.approx(gains)
+        assert got["mean"] == pytest.approx(sum(gains) / 3)
+    text = md.read_text()
+    assert "| algo.beta=0.1 | dpo | 3 |" in text and "+0.020 ± " in text
+    row = {line.split(" | ")[0]: line for line in text.splitlines() if "| dpo | 3 |" in line}
+    assert row["| algo.beta=0.1"].endswith("| R@1 up | no (R@1 within) |")
+    assert row["| algo.beta=0.2"].endswith("| flat | yes (R@1 within) |")
+    from PIL import Image
+
+    with Image.open(md.with_suffix(".png")) as png:  # the Fig. 5-style plot of the gain against beta
+        assert png.size == (600, 384)
+    assert not (project / "reports" / "metrics").exists()  # nothing but MLflow was read
+
+
+def test_plan_queues_only_what_mlflow_lacks_and_a_missing_evaluation_is_named(project: Path) -> None:
+    runs = fill_store(project, skip="s-beta_0.2-s0:evaluate@dpo_s2")
+    index = RunIndex.load("motionpref", f"sqlite:///{project / 'mlflow.db'}")
+    plans = plan(load_suites(project / "suites.yaml")["s"], runs, index, project / "dvc.yaml")
+    assert [p.done for p in plans] == [True, False]
+    assert "evaluate@dpo_s2" in plans[1].to_run and "evaluate@dpo_s1" not in plans[1].to_run
+    assert "finetune@dpo_s2" in plans[1].to_run  # no MLflow record of it in this store either
+    # beta 0.1's evaluate@dpo_s2 recorded a time for the stage under this profile; nothing else it needs ran here
+    assert plans[1].unknown == [s for s in plans[1].to_run if s != "evaluate@dpo_s2"]
+    with pytest.raises(ConfigError, match=r"no run of s-beta_0.2-s0: evaluate@dpo_s2"):
+        main_report("s", project)
+
+
+def test_estimates_are_the_median_recorded_time_of_the_stage_under_the_profile() -> None:
+    index = RunIndex({}, {("evaluate@dpo", "smoke"): [3.0, 1.0, 2.0], ("evaluate@dpo", "cpu"): [100.0]})
+    assert index.estimate("evaluate@dpo", "smoke") == 2.0
+    assert index.estimate("evaluate@dpo", "cpu") == 100.0
+    assert index.estimate("evaluate@sft", "smoke") is None
+
+
+def test_a_stage_two_runs_share_is_estimated_once(project: Path) -> None:
+    from motionpref.pipeline import stage_addresses
+
+    write_suites(project, {"s": BETA})
+    runs = suite_runs("s", load_suites(project / "suites.yaml")["s"], project / "params.yaml")
+    index = RunIndex({}, {(a, "cpu"): [60.0] for a in stage_addresses(project / "dvc.yaml")})
+    first, second = plan(load_suites(project / "suites.yaml")["s"], runs, index, project / "dvc.yaml")
+    assert first.seconds == 60.0 * len(first.to_run) and not first.unknown
+    # beta 0.2 shares everything but the DPO replicates' finetuning and evaluation with beta 0.1
+    assert second.seconds == 60.0 * 6 and len(second.to_run) == len(first.to_run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -213,9 +214,7 @@ def suite_list(root: RootOption = Path(".")) -> None:
     except ConfigError as e:
         _fail(str(e))
     for name, spec in suites.items():
-        variants = 1
-        for values in spec.grid.values():
-            variants *= len(values)
+        variants = math.prod(len(values) for values in spec.grid.values())
         typer.echo(f"{name}: {variants} variant(s) x {len(spec.seeds)} seed(s). {spec.description}".rstrip())
 
 

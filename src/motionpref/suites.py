@@ -18,11 +18,13 @@ by code: a run recorded before a code change that alters outputs matches too (``
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -123,8 +125,12 @@ def _set(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     node[last] = value
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _slug(value: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "_", json.dumps(value) if not isinstance(value, str) else value).strip("_.")
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", _text(value)).strip("_.")
 
 
 def suite_runs(name: str, spec: SuiteSpec, params_path: str | Path = "params.yaml") -> list[SuiteRun]:
@@ -136,12 +142,12 @@ def suite_runs(name: str, spec: SuiteSpec, params_path: str | Path = "params.yam
     runs = []
     for values in itertools.product(*(spec.grid[k] for k in keys)):
         chosen = dict(zip(keys, values, strict=True))
-        variant = ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in chosen.items())
+        variant = ", ".join(f"{k}={_text(v)}" for k, v in chosen.items())
         slug = "-".join(f"{k.rsplit('.', 1)[-1]}_{_slug(v)}" for k, v in chosen.items()) or "base"
         for seed in spec.seeds:
             overrides = {**spec.base, **chosen, "algo.seed": seed}
             overrides.update({"suite.name": name, "suite.variant": variant or "base", "suite.seed": seed})
-            resolved = json.loads(json.dumps(raw))
+            resolved = copy.deepcopy(raw)
             for key, value in overrides.items():
                 _set(resolved, key, value, f"{SUITES_FILE}: suites.{name}")
             try:
@@ -173,11 +179,12 @@ def targets(spec: SuiteSpec, params: Params, dvc_yaml: Path) -> list[str]:
 def _check_seeds(name: str, spec: SuiteSpec, params: Params, dvc_yaml: Path) -> None:
     """Seeds close enough that one run's replicate is another's (algo.seed 0's ``_s1`` trains with seed 1, as
     algo.seed 1's own model does) would count one training twice and narrow the intervals falsely."""
+    known = set(stage_addresses(dvc_yaml))
+    seeds = sorted(spec.seeds)
     for model in (spec.baseline, *spec.models):
-        if f"evaluate@{model}" not in set(stage_addresses(dvc_yaml)):
+        if f"evaluate@{model}" not in known:
             raise ConfigError(f"{SUITES_FILE}: suites.{name}: no stage evaluate@{model} in {dvc_yaml}")
         n = len(replicates(model, params, dvc_yaml))
-        seeds = sorted(spec.seeds)
         close = [(a, b) for a, b in zip(seeds, seeds[1:], strict=False) if b - a < n]
         if close:
             a, b = close[0]
@@ -243,9 +250,10 @@ class RunIndex:
         return self.latest.get((address, lineage_hash(params, dvc_yaml, address)))
 
     def estimate(self, address: str, profile: str) -> float | None:
-        """Seconds: the median of the recorded runs of ``address`` under ``profile``; None without a record."""
-        seconds = sorted(self.durations.get((address, profile), []))
-        return seconds[len(seconds) // 2] if seconds else None
+        """Seconds: the median of the recorded runs of ``address`` under ``profile`` (the higher middle one of an
+        even count); None without a record."""
+        seconds = self.durations.get((address, profile))
+        return statistics.median_high(seconds) if seconds else None
 
 
 @dataclass

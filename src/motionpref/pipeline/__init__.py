@@ -101,7 +101,8 @@ def _params_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read it to resolve dvc.yaml: {e}") from None
 
 
-def _resolved_stage(dvc_yaml: Path, name: str, item: str | None = None) -> dict[str, Any]:
+@cache
+def _resolved_stage(dvc_yaml: Path, name: str, item: str | None = None) -> dict[str, tuple[str, ...]]:
     """Stage ``name`` (``name@item`` for a foreach stage) of ``dvc.yaml`` with ``${key}``, ``${item}`` and
     ``${item.field}`` resolved in its params, deps, outs and metrics.
 
@@ -129,7 +130,7 @@ def _resolved_stage(dvc_yaml: Path, name: str, item: str | None = None) -> dict[
             raise ConfigError(f"{dvc_yaml}: {address}: cannot resolve ${{{match.group(1)}}}")
         return str(value)
 
-    def entries(field: str) -> list[str]:
+    def entries(field: str) -> tuple[str, ...]:
         out = []
         for entry in stage.get(field) or []:
             if isinstance(entry, dict) and len(entry) == 1 and field != "params":
@@ -138,14 +139,14 @@ def _resolved_stage(dvc_yaml: Path, name: str, item: str | None = None) -> dict[
                 raise ConfigError(f"{dvc_yaml}: {address}: {field} entries must be strings, got {entry!r}")
             # twice: an item's value may itself be a ${params.key} (ingest_labels@sft's pairs)
             out.append(_INTERPOLATION.sub(resolve, _INTERPOLATION.sub(resolve, entry)))
-        return out
+        return tuple(out)  # cached: callers get a value they cannot change
 
     return {field: entries(field) for field in ("params", "deps", "outs", "metrics")}
 
 
 def declared_params(dvc_yaml: Path, name: str, item: str | None = None) -> list[str]:
     """The params.yaml keys ``dvc.yaml`` lists for stage ``name`` (``name@item`` for a foreach stage)."""
-    return _resolved_stage(dvc_yaml, name, item)["params"]
+    return list(_resolved_stage(dvc_yaml, name, item)["params"])
 
 
 def stage_addresses(dvc_yaml: Path) -> list[str]:
@@ -172,7 +173,7 @@ def _under(path: str, folder: str) -> bool:
 def upstream(dvc_yaml: Path, address: str) -> tuple[str, ...]:
     """The stages whose outputs ``address`` reads, directly or through other stages (DVC's DAG, from dvc.yaml)."""
     stages = {a: _resolved_stage(dvc_yaml, *_split(a)) for a in stage_addresses(dvc_yaml)}
-    writes = {a: s["outs"] + s["metrics"] for a, s in stages.items()}
+    writes = {a: (*s["outs"], *s["metrics"]) for a, s in stages.items()}
     found: set[str] = set()
     todo = [address]
     while todo:
@@ -185,13 +186,14 @@ def upstream(dvc_yaml: Path, address: str) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def lineage_params(dvc_yaml: Path, address: str) -> list[str]:
+@cache
+def lineage_params(dvc_yaml: Path, address: str) -> tuple[str, ...]:
     """The params keys that decide what ``address`` computes: its own and those of every stage upstream of it.
     Two runs with the same values of these keys (and the same code) compute the same outputs, whatever else
     differs; ``lineage_hash`` of their values finds a stage's run of an experiment even where DVC restored it
     from its run cache instead of running it."""
     keys = {k for a in (address, *upstream(dvc_yaml, address)) for k in declared_params(dvc_yaml, *_split(a))}
-    return sorted(keys - {"profiles"})  # the selected profile's values are already in the resolved params
+    return tuple(sorted(keys - {"profiles"}))  # the selected profile's values are already in the resolved params
 
 
 def lineage_hash(params: Params, dvc_yaml: Path, address: str) -> str:
@@ -258,7 +260,8 @@ def run_stage(
     params = params or load_params(params_path)
     address = f"{name}@{item}" if item else name
     root = project_root()
-    declared = declared_params(root / "dvc.yaml", name, item)
+    stage = _resolved_stage(root / "dvc.yaml", name, item)
+    declared = list(stage["params"])
     reads = {key: _value_at(params, key) for key in declared if key != "profiles"}
     tags = {"motionpref.lineage_hash": lineage_hash(params, root / "dvc.yaml", address), **params.suite.tags()}
     seed_everything(params.seed, params.threads)
@@ -267,7 +270,7 @@ def run_stage(
         metrics = module.run(DeclaredParams(params, "", [*declared, *RUNNER_PARAMS], address), ctx)
         run.log_metrics(metrics)
         # the stage's metrics files, so tables can be rebuilt from MLflow alone (motionpref suite report)
-        for path in _resolved_stage(root / "dvc.yaml", name, item)["metrics"]:
+        for path in stage["metrics"]:
             if not (root / path).is_file():
                 raise FileNotFoundError(f"stage {address} wrote no {path}, which dvc.yaml names as its metrics")
             run.log_artifact(root / path, OUTPUTS_ARTIFACT)

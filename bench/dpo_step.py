@@ -1,10 +1,11 @@
 """Cost of one DPO-family training step against one supervised step on the same batch.
 
-Three training steps and the reference pass, each timed on the same B preference pairs, under LoRA (peft
+Four training steps and the reference pass, each timed on the same B preference pairs, under LoRA (peft
 defaults of ``LoraConfig``) and under full finetuning (the reference is then a frozen deep copy of the policy):
 
 - ``sft``: teacher-forced forward on the B chosen answers, token-mean NLL (as ``train_policy``), backward,
   gradient clipping, AdamW step;
+- ``sft_pairs``: the same on the 2B chosen and rejected answers, the very sequences a DPO step scores;
 - ``dpo_precomputed``: ``pair_logprobs`` on the 2B answers, ``preference_loss`` against reference
   log-probabilities computed once before timing (as ``train_dpo`` does), backward, clipping, AdamW step;
 - ``dpo_online``: the same, with ``reference_logprobs`` (chosen and rejected) recomputed inside every step;
@@ -12,13 +13,19 @@ defaults of ``LoraConfig``) and under full finetuning (the reference is then a f
 
 All steps use ``DPOConfig``'s optimiser settings, so the ratios isolate the loss. Each runs once as warm-up,
 then ``--repeats`` times, interleaved; the median (``time.perf_counter``) is reported, with tokens/s over the
-answer tokens each processes (B answers for ``sft``, 2B for the others).
+answer tokens each processes (B answers for ``sft``, 2B for the others). The bar:
+``ratio_dpo_precomputed_vs_sft_pairs`` (a DPO step with precomputed reference log-probabilities against an SFT
+step on the same chosen and rejected sequences) at most 1.3.
 
-    python bench/dpo_step.py [--batch-size 64] [--repeats 5] [--loss ipo] [--threads N] [--scratch]
+    python bench/dpo_step.py [--size default paper] [--batch-size 64] [--paper-batch-size 8] [--repeats 5]
+                             [--loss ipo] [--modes lora full] [--threads N] [--scratch]
 
-By default the SFT policy ``data/models/policy_sft`` and B seeded training pairs of
-``data/prefs/preferences.parquet``; ``--scratch`` uses a random-init policy of the default size and random
-codes instead. Prints a table and writes ``reports/bench/dpo_step.json``.
+``--size`` names the policies to measure, in one run. ``default``: the SFT policy ``data/models/policy_sft``
+and B seeded training pairs of ``data/prefs/preferences.parquet``, or with ``--scratch`` a random-init policy of
+the default size and random codes (21..36 codes a motion). ``paper``: MotionGPT-base (flan-t5-base's T5 with
+32,100 + 515 embedding rows, ``bench/paper_size.py``) with random weights and random codes of HumanML3D's lengths
+(20..49 codes), at ``--paper-batch-size`` pairs. Prints a table and writes ``reports/bench/dpo_step.json`` (one
+entry per size under ``sizes``, the bar under ``bar``).
 """
 
 from __future__ import annotations
@@ -58,7 +65,9 @@ PREFERENCES = ROOT / "data" / "prefs" / "preferences.parquet"
 OUT = ROOT / "reports" / "bench" / "dpo_step.json"
 # Quartiles of the motion lengths (codes) in the pipeline's preference table.
 SCRATCH_LENGTHS = (21, 36)
-STEPS = ("sft", "dpo_precomputed", "dpo_online", "reference")
+STEPS = ("sft", "sft_pairs", "dpo_precomputed", "dpo_online", "reference")
+SIZES = ("default", "paper")
+BAR_MAX_RATIO = 1.3  # a DPO step (reference precomputed) against SFT on the same chosen and rejected answers
 
 
 def _interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
@@ -77,11 +86,13 @@ def _interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> 
     return times
 
 
-def scratch_pairs(n: int, codebook_size: int, seed: int) -> list[PreferencePair]:
+def scratch_pairs(
+    n: int, codebook_size: int, seed: int, lengths: tuple[int, int] = SCRATCH_LENGTHS
+) -> list[PreferencePair]:
     rng = random.Random(seed)
 
     def motion() -> tuple[int, ...]:
-        return tuple(rng.randrange(codebook_size) for _ in range(rng.randint(*SCRATCH_LENGTHS)))
+        return tuple(rng.randrange(codebook_size) for _ in range(rng.randint(*lengths)))
 
     return [
         PreferencePair(f"pair-{i}", CAPTIONS[i % len(CAPTIONS)], motion(), motion(), "better", 2.0) for i in range(n)
@@ -107,7 +118,7 @@ def bench_mode(
     reference = Reference(policy)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    reduction = logprob_reduction(config.loss)
+    reduction = logprob_reduction(config)
     captions = [p.caption for p in pairs]
     chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
 
@@ -117,9 +128,11 @@ def bench_mode(
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimiser.step()
 
-    def sft_step() -> None:
-        scores = policy.token_scores([policy.prompt(c) for c in captions], chosen)
+    def sft_step(answers: list, prompts: list[str]) -> None:
+        scores = policy.token_scores(prompts, answers)
         update(-scores.logprobs.sum() / scores.mask.sum())
+
+    prompts = [policy.prompt(c) for c in captions]
 
     def dpo_step(ref: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         rw, rl = reference_logprobs(reference, pairs, reduction) if ref is None else ref
@@ -129,10 +142,18 @@ def bench_mode(
     precomputed = reference_logprobs(reference, pairs, reduction)
     sft_tokens = sum(len(c) + 3 for c in chosen)  # start, codes, end, </s>
     dpo_tokens = sft_tokens + sum(len(r) + 3 for r in rejected)
-    tokens = {"sft": sft_tokens, "dpo_precomputed": dpo_tokens, "dpo_online": dpo_tokens, "reference": dpo_tokens}
+    tokens = {
+        "sft": sft_tokens,
+        "sft_pairs": dpo_tokens,
+        "dpo_precomputed": dpo_tokens,
+        "dpo_online": dpo_tokens,
+        "reference": dpo_tokens,
+    }
     times = _interleaved_seconds(
         {
-            "sft": sft_step,
+            "sft": lambda: sft_step(chosen, prompts),
+            # the 2B sequences of a DPO step, in its order (chosen then rejected) and in one forward, as pair_logprobs
+            "sft_pairs": lambda: sft_step([*chosen, *rejected], [*prompts, *prompts]),
             "dpo_precomputed": lambda: dpo_step(precomputed),
             "dpo_online": lambda: dpo_step(None),
             "reference": lambda: reference_logprobs(reference, pairs, reduction),
@@ -157,62 +178,102 @@ def bench_mode(
     sft = result["sft"]["seconds"]
     result["ratio_dpo_precomputed_vs_sft"] = result["dpo_precomputed"]["seconds"] / sft
     result["ratio_dpo_online_vs_sft"] = result["dpo_online"]["seconds"] / sft
+    result["ratio_dpo_precomputed_vs_sft_pairs"] = result["dpo_precomputed"]["seconds"] / result["sft_pairs"]["seconds"]
+    result["ratio_dpo_online_vs_sft_pairs"] = result["dpo_online"]["seconds"] / result["sft_pairs"]["seconds"]
     return result
+
+
+def load_size(size: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple:
+    """The policy, the pairs and their descriptions for one ``--size``."""
+    if size == "paper":
+        from paper_size import ANSWER_CODES, paper_policy
+
+        policy = paper_policy(seed=args.seed)
+        pairs = scratch_pairs(args.paper_batch_size, policy.codebook_size, args.seed, ANSWER_CODES)
+        source = "random init, MotionGPT-base size (flan-t5-base, 32,100 + 515 embedding rows)"
+        return policy, pairs, source, f"random codes, {ANSWER_CODES[0]}-{ANSWER_CODES[1]} per motion"
+    if args.scratch:
+        config = PolicyConfig()
+        policy = MotionPolicy.from_scratch(config, CAPTIONS, seed=args.seed)
+        pairs = scratch_pairs(args.batch_size, policy.codebook_size, args.seed)
+        source = f"random init (PolicyConfig defaults: d_model {config.d_model}, {config.num_layers} layers)"
+        return policy, pairs, source, f"random codes, {SCRATCH_LENGTHS[0]}-{SCRATCH_LENGTHS[1]} per motion"
+    if not (args.policy / "config.json").is_file():
+        parser.error(f"{args.policy}: no saved policy (run the train_policy stage, or pass --scratch)")
+    policy = MotionPolicy.load(args.policy)
+    train = preference_pairs(read_preferences(args.prefs), "train", source=str(args.prefs))
+    if len(train) < args.batch_size:
+        parser.error(f"{args.prefs}: {len(train)} training pairs, fewer than --batch-size {args.batch_size}")
+    pairs = random.Random(args.seed).sample(train, args.batch_size)
+    return policy, pairs, str(args.policy), f"{args.prefs} train split, {args.batch_size} seeded pairs"
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", type=Path, default=POLICY, help="saved SFT policy dir")
     parser.add_argument("--prefs", type=Path, default=PREFERENCES, help="preference table (train split is used)")
-    parser.add_argument("--scratch", action="store_true", help="random-init policy and random codes instead")
-    parser.add_argument("--batch-size", type=int, default=64, help="preference pairs per step")
+    parser.add_argument("--scratch", action="store_true", help="default size: random-init policy and random codes")
+    parser.add_argument("--size", nargs="+", choices=SIZES, default=["default"], help="policy sizes to measure")
+    parser.add_argument("--batch-size", type=int, default=64, help="preference pairs per step (default size)")
+    parser.add_argument("--paper-batch-size", type=int, default=8, help="preference pairs per step (paper size)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--modes", nargs="+", choices=["lora", "full"], default=["lora", "full"])
     parser.add_argument("--loss", choices=["sigmoid", "ipo", "hinge", "kto"], default="ipo")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="which pairs, LoRA init")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.repeats < 1:
-        parser.error(f"--batch-size ({args.batch_size}) and --repeats ({args.repeats}) must be >= 1")
+    if min(args.batch_size, args.paper_batch_size, args.repeats) < 1:
+        parser.error("--batch-size, --paper-batch-size and --repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_libraries()
-    load_at_start = os.getloadavg()[0]
+    load_at_start = os.getloadavg()
 
-    if args.scratch:
-        config = PolicyConfig()
-        policy = MotionPolicy.from_scratch(config, CAPTIONS, seed=args.seed)
-        pairs = scratch_pairs(args.batch_size, policy.codebook_size, args.seed)
-        source = f"random init (PolicyConfig defaults: d_model {config.d_model}, {config.num_layers} layers)"
-        data = f"random codes, {SCRATCH_LENGTHS[0]}-{SCRATCH_LENGTHS[1]} per motion"
-    else:
-        if not (args.policy / "config.json").is_file():
-            parser.error(f"{args.policy}: no saved policy (run the train_policy stage, or pass --scratch)")
-        policy = MotionPolicy.load(args.policy)
-        train = preference_pairs(read_preferences(args.prefs), "train", source=str(args.prefs))
-        if len(train) < args.batch_size:
-            parser.error(f"{args.prefs}: {len(train)} training pairs, fewer than --batch-size {args.batch_size}")
-        pairs = random.Random(args.seed).sample(train, args.batch_size)
-        source, data = str(args.policy), f"{args.prefs} train split, {args.batch_size} seeded pairs"
-
-    dpo = DPOConfig(loss=args.loss, batch_size=args.batch_size)
+    dpo = DPOConfig(loss=args.loss)
     beta = AlgoSection().beta
-    modes = [
-        bench_mode(policy, pairs, LoraConfig(enabled=enabled), dpo, beta, args.repeats, args.seed)
-        for enabled in (True, False)
-    ]
+    sizes = {}
+    for size in args.size:
+        policy, pairs, source, data = load_size(size, args, parser)
+        modes = [
+            bench_mode(policy, pairs, LoraConfig(enabled=mode == "lora"), dpo, beta, args.repeats, args.seed)
+            for mode in args.modes
+        ]
+        sizes[size] = {
+            "policy": source,
+            "data": data,
+            "arch": policy.arch,
+            "parameters": sum(p.numel() for p in policy.model.parameters()),
+            "batch_size": len(pairs),
+            "mean_answer_tokens": {
+                "chosen": statistics.mean(len(p.chosen) + 3 for p in pairs),
+                "rejected": statistics.mean(len(p.rejected) + 3 for p in pairs),
+            },
+            "results": modes,
+        }
+        del policy
+        print(f"{size}: {source}: {sizes[size]['parameters']:,} parameters, B={len(pairs)} pairs")
+        header = f"{'mode':>5} {'trainable':>11} {'step':>16} {'s/step':>8} {'tokens/s':>9} {'x sft':>6} {'x pairs':>8}"
+        print(header)
+        for mode in modes:
+            name = "lora" if mode["lora"] else "full"
+            for step in STEPS:
+                r = mode[step]
+                ratio = r["seconds"] / mode["sft"]["seconds"]
+                pair_ratio = r["seconds"] / mode["sft_pairs"]["seconds"]
+                print(
+                    f"{name:>5} {mode['trainable_parameters']:>11,} {step:>16} {r['seconds']:>8.3f} "
+                    f"{r['tokens_per_s']:>9.0f} {ratio:>6.2f} {pair_ratio:>8.2f}"
+                )
+    bar: dict = {"max_ratio_dpo_precomputed_vs_sft_pairs": BAR_MAX_RATIO, "ratios": {}, "met": {}}
+    for size, entry in sizes.items():
+        for mode in entry["results"]:
+            key = f"{size}/{'lora' if mode['lora'] else 'full'}"
+            bar["ratios"][key] = mode["ratio_dpo_precomputed_vs_sft_pairs"]
+            bar["met"][key] = mode["ratio_dpo_precomputed_vs_sft_pairs"] <= BAR_MAX_RATIO
     report = {
-        "policy": source,
-        "data": data,
-        "arch": policy.arch,
-        "parameters": sum(p.numel() for p in policy.model.parameters()),
-        "batch_size": args.batch_size,
-        "mean_answer_tokens": {
-            "chosen": statistics.mean(len(p.chosen) + 3 for p in pairs),
-            "rejected": statistics.mean(len(p.rejected) + 3 for p in pairs),
-        },
         "loss": args.loss,
-        "reduction": logprob_reduction(args.loss),
+        "reduction": logprob_reduction(dpo),
         "beta": beta,
         "repeats": args.repeats,
         "seed": args.seed,
@@ -223,23 +284,12 @@ def main(argv: list[str] | None = None) -> dict:
             "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             # other work on the machine skews absolute times far more than the ratios
-            "load_average_1m": {"start": load_at_start, "end": os.getloadavg()[0]},
+            "load_average": {"start": list(load_at_start), "end": list(os.getloadavg())},
         },
-        "results": modes,
+        "sizes": sizes,
+        "bar": bar,
     }
-    print(f"{source}: {report['parameters']:,} parameters, {report['machine']['torch_threads']} threads")
-    print(f"B={args.batch_size} pairs, loss {args.loss}, median of {args.repeats}")
-    header = f"{'mode':>5} {'trainable':>10} {'step':>16} {'s/step':>8} {'tokens/s':>9} {'x sft':>6}"
-    print(header)
-    for mode in modes:
-        name = "lora" if mode["lora"] else "full"
-        for step in STEPS:
-            r = mode[step]
-            ratio = r["seconds"] / mode["sft"]["seconds"]
-            print(
-                f"{name:>5} {mode['trainable_parameters']:>10,} {step:>16} {r['seconds']:>8.3f} "
-                f"{r['tokens_per_s']:>9.0f} {ratio:>6.2f}"
-            )
+    print(f"bar (dpo_precomputed / sft_pairs <= {BAR_MAX_RATIO}): {bar['ratios']} -> {bar['met']}")
     write_json(args.out, report)
     return report
 

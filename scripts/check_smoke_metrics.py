@@ -30,6 +30,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from motionpref.tracking import cpu_type
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / ".ci" / "smoke_reference.json"
 EVAL_METRICS = ("r_precision_top1", "r_precision_top3", "fid", "mm_dist", "diversity", "judge")
@@ -177,14 +179,7 @@ def table(rows: list[tuple]) -> str:
 
 
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_type()
     info = {"cpu": cpu, "python": platform.python_version()}
     lock = ROOT / "requirements" / "lock.txt"
     if lock.exists():

@@ -81,6 +81,25 @@ def test_motiongpt_checkpoint_loads_with_matching_ids_and_weights(flan_dir, tmp_
     assert torch.equal(again.token_scores(prompts, codes).logprobs, scores.logprobs)
 
 
+def test_motiongpt_head_apart_from_the_embeddings_stays_apart(flan_dir, tmp_path) -> None:
+    """flan-t5's output head is its own matrix; transformers 5 builds T5 with it tied to the input embeddings, so a
+    plain load would leave both holding the head. Through a save and a load too."""
+    motiongpt_checkpoint(flan_dir, tmp_path / "tied.tar")
+    payload = torch.load(tmp_path / "tied.tar", weights_only=True)
+    state = payload["state_dict"]
+    head = torch.randn_like(state["lm.language_model.lm_head.weight"])
+    state["lm.language_model.lm_head.weight"] = head
+    torch.save(payload, tmp_path / "motiongpt.tar")
+    policy, _ = MotionPolicy.from_motiongpt(tmp_path / "motiongpt.tar", flan_dir, codebook_size=K)
+    embeddings = state["lm.language_model.shared.weight"]
+    assert not torch.equal(head, embeddings)
+    assert torch.equal(policy.model.lm_head.weight, head)
+    assert torch.equal(policy.model.get_input_embeddings().weight, embeddings)
+    policy.save(tmp_path / "saved")
+    again = MotionPolicy.load(tmp_path / "saved").model
+    assert torch.equal(again.lm_head.weight, head) and torch.equal(again.get_input_embeddings().weight, embeddings)
+
+
 def test_motiongpt_wrong_codebook_names_key_and_shapes(flan_dir, tmp_path) -> None:
     motiongpt_checkpoint(flan_dir, tmp_path / "ckpt.tar", codebook_size=K + 2)
     rows = len(AutoTokenizer.from_pretrained(flan_dir)) + K + 3

@@ -953,11 +953,24 @@ class SuiteTag(Section):
         }
 
 
+class LaunchConfig(Section):
+    """How a stage runs: in one process, or under ``accelerate launch`` (``motionpref.distributed``). Read by every
+    stage and listed by none, so changing it reruns nothing: its results do not depend on it (up to float rounding
+    and dropout masks)."""
+
+    processes: int = Field(1, ge=1)  # processes on this machine (one per GPU on a GPU box)
+    # on CUDA only; a CPU stays fp32. Not accelerate's "no": YAML 1.1 reads a bare `no` (as `dvc exp run -S`
+    # rewrites params.yaml) as false
+    mixed_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    config_file: Path | None = None  # an accelerate config (several nodes, Slurm): replaces processes
+
+
 class Params(Section):
     profile: str = "cpu"
     seed: int = Field(0, ge=0)
     experiment: str = Field("motionpref", min_length=1)
     threads: int = Field(2, ge=1, le=256)
+    launch: LaunchConfig = LaunchConfig()
     suite: SuiteTag = SuiteTag()
     data: DataConfig = DataConfig()
     vqvae: VQVAESection = VQVAESection()

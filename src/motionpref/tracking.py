@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +34,23 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
+def cpu_type() -> str:
+    """The CPU's model name and its widest vector extension: machines the model name calls alike ("AMD EPYC")
+    round differently when their SIMD widths differ (README, Reproducibility)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == (platform.processor() or platform.machine()):
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if f in flags), None)
+    return f"{model} ({simd})" if simd else model
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
     try:
         out = subprocess.run(
@@ -55,12 +73,18 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class StageRun:
-    """The MLflow run of one stage execution; thin so stages and library callbacks stay MLflow-agnostic."""
+    """The MLflow run of one stage execution; thin so stages and library callbacks stay MLflow-agnostic.
+
+    ``StageRun.off()`` is the run of a launched process other than the main one, which logs nothing."""
 
     def __init__(self, mlflow_module: Any, run: Any) -> None:
         self._mlflow = mlflow_module
         self.run = run
-        self.run_id: str = run.info.run_id
+        self.run_id: str = run.info.run_id if run is not None else ""
+
+    @classmethod
+    def off(cls) -> StageRun:
+        return cls(_Off(), None)
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
         self._mlflow.log_metric(name, float(value), step=step)
@@ -88,6 +112,13 @@ class StageRun:
         self._mlflow.set_tag(key, str(value))
 
 
+class _Off:
+    """Stands for the ``mlflow`` module in ``StageRun.off()``: every logging call does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 @contextmanager
 def stage_run(
     stage: str,
@@ -109,6 +140,9 @@ def stage_run(
         "motionpref.stage": stage,
         "motionpref.params_hash": params_hash(dict(params)),
         "motionpref.profile": str(params.get("profile", "")),
+        # on a shared server one lineage's runs may come from several machines, whose bits differ by CPU type
+        "motionpref.host": platform.node(),
+        "motionpref.cpu": cpu_type(),
     }
     commit = git_commit(project_root())
     if commit:

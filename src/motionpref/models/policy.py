@@ -206,6 +206,8 @@ class MotionPolicy:
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the policy tokenizer needs both an eos and a pad token")
         self.model = model
+        # kept apart from the model, which a DDP wrapper (accelerate) may hide: the T5 decoder's first input
+        self.decoder_start_id = getattr(model.config, "decoder_start_token_id", None)
         self.tokenizer = tokenizer
         self.codebook_size = int(codebook_size)
         self.arch = arch
@@ -304,6 +306,12 @@ class MotionPolicy:
         model = T5ForConditionalGeneration(config)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         check_state_dict(model, lm_state, where=f"{checkpoint} (keys under '{MOTIONGPT_LM_PREFIX}')")
+        head, embeddings = lm_state.get("lm_head.weight"), lm_state.get("shared.weight")
+        if head is not None and embeddings is not None and not torch.equal(head, embeddings):
+            # flan-t5 (so MotionGPT) has a head of its own, but transformers 5 ties T5's head to the input
+            # embeddings whatever config.json says: loaded tied, both would end up holding the head
+            model.lm_head.weight = nn.Parameter(head.clone())
+            model.config.tie_word_embeddings = False
         model.load_state_dict(lm_state, strict=True)
         model.eval()
         return cls(model, tokenizer, codebook_size, "t5", templates, default_template), vae_state
@@ -420,7 +428,7 @@ class MotionPolicy:
             enc = self.encode_prompts(prompts)
             labels = _pad(targets, -100).to(device)
             decoder_inputs = _pad(
-                [[self.model.config.decoder_start_token_id, *t[:-1]] for t in targets],
+                [[self.decoder_start_id, *t[:-1]] for t in targets],
                 self.tokenizer.pad_token_id,
             )
             logits = self.model(**enc, decoder_input_ids=decoder_inputs.to(device)).logits

@@ -17,25 +17,30 @@ import pkgutil
 import random
 import re
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import cache
+from dataclasses import field as dataclass_field
+from functools import cache, cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
-from motionpref.config import ConfigError, DataConfig, Params, load_params, params_hash
+from motionpref import distributed
+from motionpref.config import ConfigError, DataConfig, LaunchConfig, Params, load_params, params_hash
 from motionpref.pipeline import artifacts
 from motionpref.tracking import StageRun, project_root, stage_run
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
+
     from motionpref.motion.dataset import DatasetSpec
 
 NOT_STAGES = {"artifacts"}
 OUTPUTS_ARTIFACT = "outputs"  # where run_stage logs a stage's metrics files in its MLflow run
 # read by run_stage for every stage but not listed in dvc.yaml: how a stage runs, not what it computes
-RUNNER_PARAMS = ("experiment", "threads", "suite")
+RUNNER_PARAMS = ("experiment", "threads", "launch", "suite")
 
 
 def _stage_names() -> list[str]:
@@ -64,12 +69,22 @@ def _describe(name: str) -> tuple[str, bool]:
 
 @dataclass
 class StageContext:
+    """Where a stage runs: its project root, its MLflow run, its item, and how it is launched (``launch``): only
+    the main process (``is_main``) writes outputs."""
+
     root: Path
     run: StageRun
     item: str | None = None
+    launch: LaunchConfig = dataclass_field(default_factory=LaunchConfig)
+    is_main: bool = True
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    @cached_property
+    def accelerator(self) -> Accelerator:
+        """This process's ``Accelerator`` (built on first use: most stages never need one)."""
+        return distributed.accelerator(self.launch)
 
     def dataset(self, data: DataConfig) -> DatasetSpec:
         from motionpref.motion.dataset import DatasetSpec
@@ -259,18 +274,25 @@ def run_stage(
         raise ValueError(f"stage {name!r} " + ("needs an item" if item is None else "takes no item"))
     params = params or load_params(params_path)
     address = f"{name}@{item}" if item else name
+    if distributed.wants_launch(params.launch) and not distributed.launched():
+        if distributed.shards(name, item):
+            # every process logs and writes as below, the main one only; the metrics are in MLflow and the files
+            distributed.relaunch(params.launch, name, item, str(params_path))
+            return {}
+        print(f"{address}: runs in one process (it does not shard its work; launch.processes ignored)", file=sys.stderr)
     root = project_root()
     stage = _resolved_stage(root / "dvc.yaml", name, item)
     declared = list(stage["params"])
     reads = {key: _value_at(params, key) for key in declared if key != "profiles"}
     tags = {"motionpref.lineage_hash": lineage_hash(params, root / "dvc.yaml", address), **params.suite.tags()}
     seed_everything(params.seed, params.threads)
-    with stage_run(address, params.experiment, reads, tags) as run:
-        ctx = StageContext(root=root, run=run, item=item)
+    is_main = distributed.is_main_process()
+    with stage_run(address, params.experiment, reads, tags) if is_main else nullcontext(StageRun.off()) as run:
+        ctx = StageContext(root=root, run=run, item=item, launch=params.launch, is_main=is_main)
         metrics = module.run(DeclaredParams(params, "", [*declared, *RUNNER_PARAMS], address), ctx)
         run.log_metrics(metrics)
         # the stage's metrics files, so tables can be rebuilt from MLflow alone (motionpref suite report)
-        for path in stage["metrics"]:
+        for path in stage["metrics"] if is_main else ():
             if not (root / path).is_file():
                 raise FileNotFoundError(f"stage {address} wrote no {path}, which dvc.yaml names as its metrics")
             run.log_artifact(root / path, OUTPUTS_ARTIFACT)

@@ -26,9 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 from motionpref.config import Params
+from motionpref.distributed import reduce_counter, sharded_sample_fn
 from motionpref.pipeline import StageContext, artifacts
 
 ITEM = "model"
+COUNTS = ("samples", "invalid_first", "invalid")  # what a generator's sample_fn counts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
@@ -72,9 +74,12 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
                 cfg.sampling,
                 fallback_frames=params.data.min_len,
             )
-        sample_fn = generator.sample_fn(counter)
+        # under accelerate launch each process draws its share of every batch of samples (each from its own seed)
+        # and all of them score the whole set; the main one writes
+        sample_fn = sharded_sample_fn(generator.sample_fn(counter), ctx.accelerator)
     result = evaluate_model(sample_fn, test, evaluator, cfg.sizes, seed)
-    invalid = dict(counter)  # before the judge draws samples of its own
+    # before the judge draws samples of its own
+    invalid = reduce_counter(counter, COUNTS, ctx.accelerator) if item != "gt" else {}
     judged = None
     if params.data.source == "synthetic" and cfg.judge_texts:
         from motionpref.evaluate.judged import JudgedPrompt, judge_samples
@@ -90,7 +95,8 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         ]
         judged = judge_samples(sample_fn, prompts, seed, spec.skeleton)
     report = model_report(item, result, invalid, judged)
-    write_json(ctx.path(artifacts.model_metrics(item)), report)
+    if ctx.is_main:
+        write_json(ctx.path(artifacts.model_metrics(item)), report)
     return {**report["metrics"], **({"retried": report["retried"]["metrics"]} if "retried" in report else {})}
 
 

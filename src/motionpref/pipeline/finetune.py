@@ -188,9 +188,11 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         out_dir=ctx.path(artifacts.policy(item)),
         beta=beta,
         log_metric=ctx.run.log_metric,
+        accelerator=ctx.accelerator,
     )
     metrics = algorithm(job, config, data)
-    write_json(ctx.path(artifacts.finetune_report(item)), {**metrics, "seed": job.seed})
+    if ctx.is_main:
+        write_json(ctx.path(artifacts.finetune_report(item)), {**metrics, "seed": job.seed})
     return metrics
 
 

@@ -33,9 +33,10 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         model_config = cfg.model.model_copy(update={"codebook_size": codebook_size})
         captions = [c for ex in train for c in ex.captions]
         policy = MotionPolicy.from_scratch(model_config, captions, seed=seed)
-        metrics = train_policy(policy, train, val, cfg.train, seed, out, ctx.run.log_metric)
+        metrics = train_policy(policy, train, val, cfg.train, seed, out, ctx.run.log_metric, ctx.accelerator)
     metrics["parameters"] = sum(p.numel() for p in policy.model.parameters())
-    write_json(ctx.path(artifacts.stage_report("train_policy")), metrics)
+    if ctx.is_main:
+        write_json(ctx.path(artifacts.stage_report("train_policy")), metrics)
     return metrics
 
 

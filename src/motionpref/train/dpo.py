@@ -18,6 +18,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from motionpref.config import DPOConfig
+from motionpref.distributed import bare_model, reduce_sum, share, share_weight
 from motionpref.models.policy import MotionPolicy
 from motionpref.progress import track
 from motionpref.train.losses import implicit_rewards, preference_loss, sft_loss
@@ -78,11 +79,17 @@ def dpo_objective(
     sum_w: torch.Tensor,
     len_w: torch.Tensor,
     beta: float,
+    pair_weight: float = 1.0,
+    token_weight: float = 1.0,
 ) -> torch.Tensor:
-    """The batch loss: the DPO-family loss, plus ``config.sft_weight`` times the NLL of the chosen answers (RPO)."""
+    """The batch loss: the DPO-family loss, plus ``config.sft_weight`` times the NLL of the chosen answers (RPO).
+
+    A launched process passes the share weights (``distributed.share_weight``) of its pairs and of its chosen
+    answers' tokens, so that DDP's mean of the processes' gradients is the global batch's."""
     loss = preference_loss(config.loss, policy_w, policy_l, ref_w, ref_l, beta, config.label_smoothing).mean()
+    loss = loss * pair_weight
     if config.sft_weight:
-        loss = loss + config.sft_weight * sft_loss(sum_w, len_w)
+        loss = loss + config.sft_weight * sft_loss(sum_w, len_w) * token_weight
     return loss
 
 
@@ -152,16 +159,20 @@ def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
         )
     torch.manual_seed(job.seed)
     reference, params, optimiser = job.start(policy, config.lr, config.weight_decay)
+    accel = job.accelerator
     reduction = logprob_reduction(config)
-    ref_train = reference_logprobs(reference, train, reduction)
-    ref_val = reference_logprobs(reference, val, reduction)
+    # passes that do not train run on the bare model, whole in every launched process (no collective to join)
+    with bare_model(policy, accel):
+        ref_train = reference_logprobs(reference, train, reduction)
+        ref_val = reference_logprobs(reference, val, reduction)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = config.epochs * steps_per_epoch
     scheduler = get_linear_schedule_with_warmup(optimiser, min(config.warmup_steps, total), total)
 
     selected = config.select_by.removeprefix("val_")
     higher_is_better = selected in ("accuracy", "metric")
-    initial = evaluate_pairs(policy, val, ref_val, config, beta)
+    with bare_model(policy, accel):
+        initial = evaluate_pairs(policy, val, ref_val, config, beta)
     best: dict[str, float] = {}
     best_state: dict[str, torch.Tensor] = {}
     rng = random.Random(job.seed)
@@ -174,23 +185,32 @@ def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
         loss_sum = acc_sum = 0.0
         for begin in track(range(0, len(order), config.batch_size), f"{config.loss} epoch {epoch}", steps_per_epoch):
             rows = order[begin : begin + config.batch_size]
-            pw, pl, sum_w, len_w = batch_logprobs(policy, [train[i] for i in rows], reduction)
+            mine = share(rows, accel)
+            part = mine or rows[:1]  # a process left without pairs scores one at weight 0 (DDP's all-reduce)
+            pw, pl, sum_w, len_w = batch_logprobs(policy, [train[i] for i in part], reduction)
             device = pw.device
-            rw, rl = ref_train[0][rows].to(device), ref_train[1][rows].to(device)
-            loss = dpo_objective(config, pw, pl, rw, rl, sum_w, len_w, beta)
+            rw, rl = ref_train[0][part].to(device), ref_train[1][part].to(device)
+            chosen_tokens = len_w.sum().item() if mine else 0
+            weights = (
+                share_weight(len(mine), len(rows), accel),
+                share_weight(chosen_tokens, reduce_sum(chosen_tokens, accel), accel),
+            )
+            loss = dpo_objective(config, pw, pl, rw, rl, sum_w, len_w, beta, *weights)
             optimiser.zero_grad(set_to_none=True)
-            job.accelerator.backward(loss)
-            job.accelerator.clip_grad_norm_(params, config.grad_clip)
+            accel.backward(loss)
+            accel.clip_grad_norm_(params, config.grad_clip)
             optimiser.step()
             scheduler.step()
             step += 1
             margin = implicit_rewards(pw, rw, beta) - implicit_rewards(pl, rl, beta)
-            loss_sum += loss.item() * len(rows)
-            acc_sum += pair_accuracy(margin).sum().item()
-            job.log("dpo/train_loss", loss.item(), step)
-            job.log("dpo/train_margin", margin.mean().item(), step)
+            batch_loss = reduce_sum(loss.item(), accel) / accel.num_processes  # the global batch's loss
+            loss_sum += batch_loss * len(rows)
+            acc_sum += reduce_sum(pair_accuracy(margin).sum().item() if mine else 0, accel)
+            job.log("dpo/train_loss", batch_loss, step)
+            job.log("dpo/train_margin", reduce_sum(margin.sum().item() if mine else 0, accel) / len(rows), step)
         last = {"train_loss": loss_sum / len(train), "train_accuracy": acc_sum / len(train)}
-        val_metrics = evaluate_pairs(policy, val, ref_val, config, beta)
+        with bare_model(policy, accel):
+            val_metrics = evaluate_pairs(policy, val, ref_val, config, beta)
         if data.val_score is not None:
             val_metrics["metric"] = job.score(policy, data.val_score)
         for k, v in val_metrics.items():
@@ -201,7 +221,7 @@ def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
         if not best or (value > best[f"val_{selected}"] if higher_is_better else value < best[f"val_{selected}"]):
             best = {f"val_{k}": v for k, v in val_metrics.items()}
             best["best_epoch"] = float(epoch)
-            best_state = trainable_state(policy.model)
+            best_state = trainable_state(accel.unwrap_model(policy.model))
     job.finish(policy, best_state)
     initial = {f"val0_{k}": v for k, v in initial.items()}
     return {**last, **best, **initial, "epochs": float(config.epochs), "train_pairs": len(train)}

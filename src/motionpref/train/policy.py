@@ -19,11 +19,14 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from motionpref.config import PolicyTrainConfig
+from motionpref.config import LaunchConfig, PolicyTrainConfig
+from motionpref.distributed import accelerator, bare_model, reduce_sum, share, share_weight
 from motionpref.models.policy import MotionPolicy
 from motionpref.progress import track
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
+
     from motionpref.motion.dataset import Entry
 
 LogMetric = Callable[[str, float, int], None]
@@ -89,9 +92,13 @@ def train_policy(
     seed: int,
     out_dir: str | Path,
     log_metric: LogMetric | None = None,
+    accel: Accelerator | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``policy`` in place on (caption, codes) pairs; keep the best-validation checkpoint in
     ``out_dir`` (``MotionPolicy.load`` reads it) and leave ``policy`` holding those weights.
+
+    Under ``accelerate launch`` (``accel`` of several processes) each process trains on its share of every global
+    batch (``motionpref.distributed``) and only the main one saves; validation runs whole in each.
 
     Returns ``train_loss``/``train_token_acc`` (mean over the last epoch), ``val_loss``/``val_token_acc`` of
     the best epoch, ``best_epoch`` (1-based), ``epochs`` run and ``steps``.
@@ -106,8 +113,12 @@ def train_policy(
     torch.manual_seed(seed)
     rng = random.Random(seed)  # caption and template choices
     order_gen = torch.Generator().manual_seed(seed)
+    accel = accel or accelerator(LaunchConfig())
+    optimiser = torch.optim.AdamW(
+        policy.model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
+    )
+    policy.model, optimiser = accel.prepare(policy.model, optimiser)
     model = policy.model
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
@@ -125,27 +136,37 @@ def train_policy(
         order = torch.randperm(len(train), generator=order_gen).tolist()
         nll_sum = correct_sum = token_sum = 0.0
         for rows in track(_batches(len(order), config.batch_size), description=f"policy epoch {epoch}"):
-            batch = [train[order[i]] for i in rows]
-            prompts = [policy.prompt(rng.choice(ex.captions), rng.choice(policy.templates)) for ex in batch]
-            scores = policy.token_scores(prompts, [ex.codes for ex in batch])
-            n_tokens = scores.mask.sum()
-            loss = -scores.logprobs.sum() / n_tokens
+            # the whole global batch's captions and templates are drawn in every process, so they do not depend
+            # on how many processes share it
+            batch = [
+                (policy.prompt(rng.choice(train[order[i]].captions), rng.choice(policy.templates)), order[i])
+                for i in rows
+            ]
+            mine = share(batch, accel)
+            # a process left without rows scores one at weight 0: it must still join the gradients' all-reduce
+            part = mine or batch[:1]
+            scores = policy.token_scores([p for p, _ in part], [train[i].codes for _, i in part])
+            n_tokens = scores.mask.sum().item() if mine else 0
+            tokens = reduce_sum(n_tokens, accel)
+            loss = -scores.logprobs.sum() / scores.mask.sum() * share_weight(n_tokens, tokens, accel)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            accel.backward(loss)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimiser.step()
             scheduler.step()
             step += 1
-            nll_sum += loss.item() * n_tokens.item()
-            correct_sum += scores.correct.sum().item()
-            token_sum += n_tokens.item()
+            batch_loss = reduce_sum(loss.item(), accel) / accel.num_processes  # the global batch's token mean
+            nll_sum += batch_loss * tokens
+            correct_sum += reduce_sum(scores.correct.sum().item() if mine else 0, accel)
+            token_sum += tokens
             if log_metric is not None:
-                log_metric("policy/train_loss", loss.item(), step)
+                log_metric("policy/train_loss", batch_loss, step)
                 log_metric("policy/lr", scheduler.get_last_lr()[0], step)
             if step >= total_steps:
                 break
         last = {"train_loss": nll_sum / token_sum, "train_token_acc": correct_sum / token_sum}
-        val_metrics = evaluate_policy(policy, val, config.eval_batch_size)
+        with bare_model(policy, accel):  # whole in every process: not a training pass, no collective
+            val_metrics = evaluate_policy(policy, val, config.eval_batch_size)
         if log_metric is not None:
             log_metric("policy/epoch_train_loss", last["train_loss"], step)
             log_metric("policy/val_loss", val_metrics["loss"], step)
@@ -154,8 +175,10 @@ def train_policy(
             best = {"val_loss": val_metrics["loss"], "val_token_acc": val_metrics["token_acc"]}
             best["best_epoch"] = float(epoch)
             # Kept on CPU rather than saved each time: one write at the end, however often val improves.
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    model.eval()
-    policy.save(out_dir)
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in accel.unwrap_model(model).state_dict().items()}
+    policy.model = accel.unwrap_model(model)
+    policy.model.load_state_dict(best_state)
+    policy.model.eval()
+    if accel.is_main_process:
+        policy.save(out_dir)
     return {**last, **best, "epochs": float(epoch), "steps": float(step)}

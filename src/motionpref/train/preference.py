@@ -19,7 +19,9 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from motionpref.config import DegreeName, LoraConfig, PreferenceFilter
+from motionpref import distributed
+from motionpref.config import DegreeName, LaunchConfig, LoraConfig, PreferenceFilter
+from motionpref.distributed import bare_model
 from motionpref.models.policy import MotionPolicy
 
 # weakest first as prefs.labels.DEGREES, so messages and per-degree metrics keep their order (the config's
@@ -162,7 +164,7 @@ class FinetuneJob:
     out_dir: Path
     beta: float | None = None
     log_metric: LogMetric | None = None
-    accelerator: Accelerator = field(default_factory=lambda: Accelerator(cpu=not torch.cuda.is_available()))
+    accelerator: Accelerator = field(default_factory=lambda: distributed.accelerator(LaunchConfig()))
 
     @property
     def device(self) -> torch.device:
@@ -195,23 +197,23 @@ class FinetuneJob:
         """``val_score`` of the policy as it stands, without dropout or gradients; its training mode is restored.
 
         The score samples, which a distributed wrapper cannot (it has no ``generate``): it sees the bare model.
+        Every launched process scores the whole set (the same seeds, so the same value).
         """
-        prepared = policy.model
-        policy.model = self.accelerator.unwrap_model(prepared)
-        was_training = policy.model.training
-        policy.model.eval()
-        try:
-            with torch.no_grad():
-                value = float(val_score(policy))
-        finally:
-            policy.model.train(was_training)
-            policy.model = prepared
+        with bare_model(policy, self.accelerator):
+            was_training = policy.model.training
+            policy.model.eval()
+            try:
+                with torch.no_grad():
+                    value = float(val_score(policy))
+            finally:
+                policy.model.train(was_training)
         if not math.isfinite(value):
             raise ValueError(f"the validation score of the policy is {value}, not a finite number")
         return value
 
     def finish(self, policy: MotionPolicy, state: dict[str, Tensor] | None = None) -> None:
-        """Unwrap the policy, load the kept ``state`` (trainable tensors) if given, merge LoRA and save it."""
+        """Unwrap the policy, load the kept ``state`` (trainable tensors) if given, merge LoRA and save it (the main
+        process only, under ``accelerate launch``)."""
         policy.model = self.accelerator.unwrap_model(policy.model)
         if state is not None:
             # strict=False because the snapshot holds only the trainable tensors; a key it holds that the model
@@ -226,7 +228,8 @@ class FinetuneJob:
         merge_lora(policy)
         policy.model.requires_grad_(True)  # peft froze the base weights; the merged model is a plain one again
         policy.model.eval()
-        policy.save(self.out_dir)
+        if self.accelerator.is_main_process:
+            policy.save(self.out_dir)
 
 
 def trainable_state(model: nn.Module) -> dict[str, Tensor]:

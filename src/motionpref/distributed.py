@@ -1,0 +1,194 @@
+"""Running a stage across processes with accelerate: the launcher, and what the sharded trainers share.
+
+``launch.processes`` above 1 (or ``launch.config_file``, an accelerate config for several nodes or a Slurm job) makes
+``run_stage`` run the stage's own command again under ``accelerate launch``. There every process runs the stage:
+``Accelerator`` joins them (gloo on CPU, NCCL on GPUs), each takes its share of every global batch, DDP all-reduces
+the gradients, and only the main process writes outputs and logs to MLflow. A global batch is the same whatever the
+process count (the same rows, captions and templates are drawn before it is split), and each share's loss is
+weighted so that DDP's mean of the gradients is the gradient of the whole batch's loss: one process and several
+train the same model, up to float rounding. Dropout masks are drawn per process, so with dropout on the runs are
+two draws of the same training, not the same numbers.
+
+Stages whose code shards (``shards``) are launched so; any other stage runs in one process whatever the param.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from motionpref.config import LaunchConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+    from accelerate import Accelerator
+
+T = TypeVar("T")
+M = TypeVar("M", bound="HasModel")
+# evaluate.metrics' SampleFn and its answer, spelled out: importing that module here would make its code a dep of
+# every stage (the pipeline imports this one)
+Sampled = Any
+SampleFn = Callable[[list[str], list[int], list[int]], Sampled]
+
+
+class HasModel(Protocol):
+    model: Any
+
+
+# the finetuning algorithms whose loops shard their batches (the DPO family, with its seed replicates)
+SHARDED_ALGORITHMS = ("dpo",)
+
+
+def shards(name: str, item: str | None) -> bool:
+    """Whether stage ``name`` (item ``item``) splits its work across launched processes."""
+    if name == "train_policy":
+        return True
+    if name == "evaluate":
+        return item != "gt"  # the real motions are read, not sampled
+    if name == "finetune" and item is not None:
+        return item.rpartition("_s")[0] in SHARDED_ALGORITHMS or item in SHARDED_ALGORITHMS
+    return False
+
+
+LAUNCHED = "MOTIONPREF_LAUNCHED"  # set in the launched processes' environment: they must not launch again
+
+
+def launched() -> bool:
+    """Whether this process was started by ``relaunch``. Raises if the launcher started it alone (``WORLD_SIZE``
+    unset), which would otherwise run the stage unsharded while the user asked for several processes."""
+    if LAUNCHED not in os.environ:
+        return False
+    if "WORLD_SIZE" not in os.environ:
+        raise RuntimeError("accelerate launch started this stage in one process without a process group")
+    return True
+
+
+def wants_launch(config: LaunchConfig) -> bool:
+    return config.processes > 1 or config.config_file is not None
+
+
+def _cuda() -> bool:
+    import torch  # slow to import: the CLI imports this module for every command
+
+    return torch.cuda.is_available()
+
+
+def mixed_precision(config: LaunchConfig) -> str:
+    """The precision a run uses: ``launch.mixed_precision`` on CUDA; full fp32 on CPU, where bf16 autocast is slower
+    and rounds differently from the committed outputs."""
+    return config.mixed_precision if _cuda() and config.mixed_precision != "fp32" else "no"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_command(config: LaunchConfig, module: str, args: Sequence[str]) -> list[str]:
+    """``accelerate launch`` of ``python -m module args`` as ``config`` asks."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--quiet"]
+    if config.config_file is not None:
+        cmd += ["--config_file", str(config.config_file)]
+    else:
+        cmd += ["--num_processes", str(config.processes), "--num_machines", "1"]
+        cmd += ["--main_process_port", str(_free_port())]  # two launched stages (tests, a queue) never collide
+        # torchrun's launcher, on CPU too: `--cpu` would pick accelerate's simple launcher, which starts one process
+        # (it runs several only through mpirun); Accelerator(cpu=True) then joins them over gloo
+        cmd += ["--multi_gpu"]
+    cmd += ["--mixed_precision", mixed_precision(config), "-m", module, *args]
+    return cmd
+
+
+def relaunch(config: LaunchConfig, name: str, item: str | None, params_path: str) -> None:
+    """Run stage ``name`` again under ``accelerate launch`` and wait for every process; a failed process fails
+    the stage (accelerate's exit status)."""
+    args = [*([item] if item else []), "--params", params_path]
+    command = launch_command(config, f"motionpref.pipeline.{name}", args)
+    done = subprocess.run(command, check=False, env={**os.environ, LAUNCHED: "1"})
+    if done.returncode:
+        address = f"{name}@{item}" if item else name
+        raise RuntimeError(f"stage {address}: a launched process failed (exit status {done.returncode}); see above")
+
+
+def accelerator(config: LaunchConfig) -> Accelerator:
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not _cuda(), mixed_precision=mixed_precision(config))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a launched job, or a process that was not launched: the one that writes and logs."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def share(rows: Sequence[T], accel: Accelerator) -> list[T]:
+    """This process's rows of a global batch: contiguous slices, the first processes one row longer when it does
+    not divide. Empty when the batch has fewer rows than processes (``share_weight`` is then 0)."""
+    n, world, rank = len(rows), accel.num_processes, accel.process_index
+    begin = rank * (n // world) + min(rank, n % world)
+    return list(rows[begin : begin + n // world + (rank < n % world)])
+
+
+def share_weight(local: float, total: float, accel: Accelerator) -> float:
+    """The factor that turns the mean of a loss over this process's share (``local`` rows or tokens of ``total``)
+    into its part of the global batch's mean, under DDP's averaging of gradients over processes. Exactly 1 in one
+    process, so a single-process run computes what it did before sharding."""
+    return local * accel.num_processes / total
+
+
+def reduce_sum(value: float, accel: Accelerator) -> float:
+    """``value`` summed over processes (itself in one process)."""
+    if accel.num_processes == 1:
+        return value
+    import torch
+
+    return float(accel.reduce(torch.tensor(float(value), device=accel.device), reduction="sum").item())
+
+
+@contextmanager
+def bare_model(policy: M, accel: Accelerator) -> Iterator[M]:
+    """The policy with its DDP wrapper taken off for the duration: for what a wrapper cannot do (``generate``,
+    adapters switched off) and for passes that do not train, which must not join DDP's collectives."""
+    prepared: Any = policy.model
+    policy.model = accel.unwrap_model(prepared)
+    try:
+        yield policy
+    finally:
+        policy.model = prepared
+
+
+def sharded_sample_fn(sample_fn: SampleFn, accel: Accelerator) -> SampleFn:
+    """``sample_fn`` (``evaluate.metrics``' sampler) with each call's captions shared across the launched processes
+    and the motions gathered back in order, so that every process holds the whole answer. Each motion is drawn from
+    its own seed, so the answer is the one a single process gives."""
+    if accel.num_processes == 1:
+        return sample_fn
+    from accelerate.utils import gather_object
+
+    def sample(captions: list[str], lengths: list[int], seeds: list[int]) -> Sampled:
+        rows = share(range(len(captions)), accel)
+        first: list[np.ndarray] = []
+        retried: dict[int, np.ndarray] | None = None
+        if rows:
+            out = sample_fn(*([column[i] for i in rows] for column in (captions, lengths, seeds)))
+            first, again = out if isinstance(out, tuple) else (out, None)
+            retried = None if again is None else {rows[0] + i: m for i, m in again.items()}
+        parts = gather_object([(len(rows), first, retried)])
+        answered = [(f, r) for n, f, r in parts if n]
+        motions = [m for f, _ in answered for m in f]
+        if all(r is None for _, r in answered):
+            return motions
+        return motions, {i: m for _, r in answered for i, m in (r or {}).items()}
+
+    return sample
+
+
+def reduce_counter(counter: dict[str, int], keys: Sequence[str], accel: Accelerator) -> dict[str, int]:
+    """``counter``'s ``keys`` summed over processes (every process passes the same keys, in the same order)."""
+    return {key: int(reduce_sum(counter.get(key, 0), accel)) for key in keys}

@@ -1,0 +1,187 @@
+"""Two processes under ``accelerate launch --cpu`` (gloo) train what one process trains: the smoke profile's SFT and
+DPO stages, launched by ``launch.processes: 2`` through ``run_stage`` as DVC runs them, against the same stages in one
+process with the same global batches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from motionpref.config import LaunchConfig
+from motionpref.distributed import launch_command, shards, share
+from motionpref.models.policy import MotionPolicy
+from motionpref.pipeline import run_stage
+from motionpref.tracking import flatten
+from tests.conftest import CMU_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+# Float sums run in another order when a batch is split (each process sums its rows, then gloo sums the processes),
+# so the two runs agree to rounding, carried through a few AdamW steps: far inside these bounds. A sharding bug (a
+# row lost or counted twice, a wrong weight) moves the first step's loss by whole percents.
+LOSS_RTOL = 1e-4
+WEIGHT_ATOL = 1e-4
+
+
+class _Batch:
+    def __init__(self, processes: int, index: int) -> None:
+        self.num_processes, self.process_index = processes, index
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 8])
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_shares_cover_a_batch_once_in_order(n: int, processes: int) -> None:
+    rows = list(range(n))
+    parts = [share(rows, _Batch(processes, k)) for k in range(processes)]  # type: ignore[arg-type]
+    assert [r for part in parts for r in part] == rows
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_which_stages_shard_and_how_they_launch() -> None:
+    assert shards("train_policy", None) and shards("finetune", "dpo") and shards("finetune", "dpo_s2")
+    assert shards("evaluate", "sft") and shards("evaluate", "mdm") and not shards("evaluate", "gt")
+    assert not shards("finetune", "sopo") and not shards("finetune", "mdm_dpo") and not shards("label", "sft")
+    cmd = launch_command(LaunchConfig(processes=2), "motionpref.pipeline.train_policy", ["--params", "p.yaml"])
+    # torchrun's launcher, even on a CPU: `--cpu` would make accelerate start one process
+    assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd and "--cpu" not in cmd
+    assert cmd[-4:] == ["-m", "motionpref.pipeline.train_policy", "--params", "p.yaml"]
+    assert cmd[cmd.index("--mixed_precision") + 1] == "no"  # bf16 is asked for, but this is a CPU
+    bf16 = launch_command(LaunchConfig(processes=2, mixed_precision="bf16"), "m", [])
+    assert bf16[bf16.index("--mixed_precision") + 1] == ("bf16" if torch.cuda.is_available() else "no")
+    nodes = launch_command(LaunchConfig(config_file=Path("nodes.yaml")), "m", [])
+    assert nodes[nodes.index("--config_file") + 1] == "nodes.yaml" and "--num_processes" not in nodes
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke pipeline up to the preference table and the evaluator, in one process; dropout off (its masks are
+    drawn per process, which no process count reproduces) and DPO's epoch picked by its validation loss."""
+    root = tmp_path_factory.mktemp("distributed")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["data"]["cmu_dir"] = str(CMU_DIR)
+    params["policy"]["model"]["dropout"] = 0.0
+    params["algo"]["lora"]["dropout"] = 0.0
+    params["algo"]["dpo"].update(select_by="val_loss", epochs=2)
+    params["profiles"]["smoke"]["algo"]["dpo"]["epochs"] = 2
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("DVC_ROOT", raising=False)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        for name, item in [
+            ("prepare_data", None),
+            ("train_vqvae", None),
+            ("train_evaluator", None),
+            ("train_retrieval", None),
+            ("train_policy", None),
+            ("generate_prompts", None),
+            ("sample_pairs", "sft"),
+            ("label", "sft"),
+            ("ingest_labels", "sft"),
+        ]:
+            run_stage(name, root / "params.yaml", item=item)
+    return root
+
+
+def _launched(project: Path, name: str, item: str | None, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[float]]:
+    """Run the stage once in one process and once under ``launch.processes: 2``, each in its own MLflow
+    experiment; the losses each logged, by metric name, and the policy each saved."""
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    out = project / "data" / "models" / ("policy_sft" if item is None else f"policy_{item}")
+    sft = project / "data" / "models" / "policy_sft"
+    start = project / "start_sft"
+    if not start.exists():
+        shutil.copytree(sft, start)
+    saved: dict[int, Path] = {}
+    for processes in (1, 2):
+        if item is not None:  # both DPO runs start from the same SFT policy
+            shutil.rmtree(sft)
+            shutil.copytree(start, sft)
+        params.update(experiment=f"{name}-{item}-{processes}", launch={"processes": processes})
+        path = project / f"params_{processes}.yaml"
+        path.write_text(yaml.safe_dump(params))
+        run_stage(name, path, item=item)
+        saved[processes] = project / f"saved_{name}_{processes}"
+        shutil.rmtree(saved[processes], ignore_errors=True)
+        shutil.copytree(out, saved[processes])
+    client = mlflow.MlflowClient()
+    series: dict[str, list[float]] = {}
+    for processes in (1, 2):
+        experiment = client.get_experiment_by_name(f"{name}-{item}-{processes}")
+        assert experiment is not None, f"the {processes}-process run logged nothing"
+        (run,) = client.search_runs([experiment.experiment_id])  # one MLflow run, the main process's
+        assert run.info.status == "FINISHED"
+        for key in run.data.metrics:
+            if key.endswith("train_loss"):
+                series[f"{key}/{processes}"] = [m.value for m in client.get_metric_history(run.info.run_id, key)]
+    one, two, before = (MotionPolicy.load(p).model.state_dict() for p in (saved[1], saved[2], start))
+    series["max_weight_diff"] = [max((one[k] - two[k]).abs().max().item() for k in one)]
+    series["max_weight_moved"] = [max((one[k] - before[k]).abs().max().item() for k in one)]
+    return series
+
+
+@pytest.mark.slow
+def test_sft_in_two_processes_trains_what_one_does(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    series = _launched(project, "train_policy", None, monkeypatch)
+    one, two = series["policy/train_loss/1"], series["policy/train_loss/2"]
+    assert len(one) == len(two) >= 3
+    assert two == pytest.approx(one, rel=LOSS_RTOL)
+    assert series["max_weight_diff"][0] < WEIGHT_ATOL
+    # the bounds mean something: the loss moves across steps far more than the two runs differ
+    assert max(one) - min(one) > 100 * LOSS_RTOL * max(one)
+    report = json.loads((project / "reports" / "train_policy.json").read_text())
+    assert report["steps"] == len(two)  # the main process wrote the stage's report
+
+
+@pytest.mark.slow
+def test_dpo_in_two_processes_trains_what_one_does(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    series = _launched(project, "finetune", "dpo", monkeypatch)
+    one, two = series["dpo/train_loss/1"], series["dpo/train_loss/2"]
+    assert len(one) == len(two) >= 2
+    assert two == pytest.approx(one, rel=LOSS_RTOL)
+    assert series["max_weight_diff"][0] < WEIGHT_ATOL
+    assert series["max_weight_moved"][0] > 10 * WEIGHT_ATOL  # DPO moves the weights; the runs agree far closer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["sft", "mdm"])
+def test_evaluation_in_two_processes_gives_the_same_metrics(
+    model: str, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every sample is drawn from its own seed, so two processes sharing each batch draw the samples one process
+    draws: R-precision (which ranks) and the invalid rate (which counts) are identical. Decoded features agree to
+    float rounding only: the VQ-VAE decodes the samples of a share together, and the BLAS kernel of a batch
+    depends on its size, so FID, MM Dist and diversity agree to the rounding of float32 features."""
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    if model == "mdm" and not (project / "data" / "models" / "policy_mdm").is_dir():
+        run_stage("train_diffusion", project / "params.yaml", item="mdm")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    reports = {}
+    for processes in (1, 2):
+        path = project / f"params_eval_{processes}.yaml"
+        path.write_text(yaml.safe_dump({**params, "launch": {"processes": processes}}))
+        report = project / "reports" / "metrics" / f"{model}.json"
+        report.unlink(missing_ok=True)
+        run_stage("evaluate", path, item=model)
+        reports[processes] = json.loads(report.read_text())
+    one, two = reports[1], reports[2]
+    for key in ("r_precision_top1", "r_precision_top2", "r_precision_top3"):
+        assert two["replications"][key] == one["replications"][key]
+    assert two["metrics"].get("invalid_rate") == one["metrics"].get("invalid_rate")
+    flat_one, flat_two = flatten(one), flatten(two)
+    assert flat_two.keys() == flat_one.keys()
+    for key, value in flat_one.items():  # every other number to float32 rounding
+        assert flat_two[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, abs=1e-9)), key
+    assert len(one["replications"]["fid"]) == 2 and one["replications"]["fid"][0] != one["replications"]["fid"][1]

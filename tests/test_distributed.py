@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from motionpref.config import LaunchConfig
-from motionpref.distributed import launch_command, shards, share
+from motionpref.distributed import launch_command, shards, share, share_to_train
 from motionpref.models.policy import MotionPolicy
 from motionpref.pipeline import run_stage
 from motionpref.tracking import flatten
@@ -40,6 +40,8 @@ def test_shares_cover_a_batch_once_in_order(n: int, processes: int) -> None:
     parts = [share(rows, _Batch(processes, k)) for k in range(processes)]  # type: ignore[arg-type]
     assert [r for part in parts for r in part] == rows
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    for k, part in enumerate(parts):  # a process left without rows trains on a stand-in that does not count
+        assert share_to_train(rows, _Batch(processes, k)) == ((part, True) if part else (rows[:1], False))  # type: ignore[arg-type]
 
 
 def test_which_stages_shard_and_how_they_launch() -> None:

@@ -135,6 +135,14 @@ def share(rows: Sequence[T], accel: Accelerator) -> list[T]:
     return list(rows[begin : begin + n // world + (rank < n % world)])
 
 
+def share_to_train(rows: Sequence[T], accel: Accelerator) -> tuple[list[T], bool]:
+    """This process's rows of a training batch (``share``) and whether they count. A process the batch leaves
+    without rows gets its first row as a stand-in, to be weighted 0: it must still run a forward and backward pass
+    to join DDP's all-reduce of the gradients."""
+    mine = share(rows, accel)
+    return (mine, True) if mine else (list(rows[:1]), False)
+
+
 def share_weight(local: float, total: float, accel: Accelerator) -> float:
     """The factor that turns the mean of a loss over this process's share (``local`` rows or tokens of ``total``)
     into its part of the global batch's mean, under DDP's averaging of gradients over processes. Exactly 1 in one

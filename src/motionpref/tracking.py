@@ -37,16 +37,15 @@ def tracking_uri() -> str:
 def cpu_type() -> str:
     """The CPU's model name and its widest vector extension: machines the model name calls alike ("AMD EPYC")
     round differently when their SIMD widths differ (README, Reproducibility)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    fields: dict[str, str] = {}  # the first core's: every core of a machine says the same
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == (platform.processor() or platform.machine()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
     simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if f in flags), None)
     return f"{model} ({simd})" if simd else model
 

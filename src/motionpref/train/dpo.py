@@ -18,7 +18,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from motionpref.config import DPOConfig
-from motionpref.distributed import bare_model, reduce_sum, share, share_weight
+from motionpref.distributed import bare_model, reduce_sum, share_to_train, share_weight
 from motionpref.models.policy import MotionPolicy
 from motionpref.progress import track
 from motionpref.train.losses import implicit_rewards, preference_loss, sft_loss
@@ -185,17 +185,16 @@ def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
         loss_sum = acc_sum = 0.0
         for begin in track(range(0, len(order), config.batch_size), f"{config.loss} epoch {epoch}", steps_per_epoch):
             rows = order[begin : begin + config.batch_size]
-            mine = share(rows, accel)
-            part = mine or rows[:1]  # a process left without pairs scores one at weight 0 (DDP's all-reduce)
+            part, counted = share_to_train(rows, accel)
             pw, pl, sum_w, len_w = batch_logprobs(policy, [train[i] for i in part], reduction)
             device = pw.device
             rw, rl = ref_train[0][part].to(device), ref_train[1][part].to(device)
-            chosen_tokens = len_w.sum().item() if mine else 0
-            weights = (
-                share_weight(len(mine), len(rows), accel),
-                share_weight(chosen_tokens, reduce_sum(chosen_tokens, accel), accel),
-            )
-            loss = dpo_objective(config, pw, pl, rw, rl, sum_w, len_w, beta, *weights)
+            pair_weight = share_weight(len(part) if counted else 0, len(rows), accel)
+            token_weight = 1.0
+            if config.sft_weight:  # the SFT term is a token mean: weighted by this share's chosen tokens
+                chosen_tokens = len_w.sum().item() if counted else 0
+                token_weight = share_weight(chosen_tokens, reduce_sum(chosen_tokens, accel), accel)
+            loss = dpo_objective(config, pw, pl, rw, rl, sum_w, len_w, beta, pair_weight, token_weight)
             optimiser.zero_grad(set_to_none=True)
             accel.backward(loss)
             accel.clip_grad_norm_(params, config.grad_clip)
@@ -205,9 +204,9 @@ def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
             margin = implicit_rewards(pw, rw, beta) - implicit_rewards(pl, rl, beta)
             batch_loss = reduce_sum(loss.item(), accel) / accel.num_processes  # the global batch's loss
             loss_sum += batch_loss * len(rows)
-            acc_sum += reduce_sum(pair_accuracy(margin).sum().item() if mine else 0, accel)
+            acc_sum += reduce_sum(pair_accuracy(margin).sum().item() if counted else 0, accel)
             job.log("dpo/train_loss", batch_loss, step)
-            job.log("dpo/train_margin", reduce_sum(margin.sum().item() if mine else 0, accel) / len(rows), step)
+            job.log("dpo/train_margin", reduce_sum(margin.sum().item() if counted else 0, accel) / len(rows), step)
         last = {"train_loss": loss_sum / len(train), "train_accuracy": acc_sum / len(train)}
         with bare_model(policy, accel):
             val_metrics = evaluate_pairs(policy, val, ref_val, config, beta)

@@ -20,7 +20,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from motionpref.config import LaunchConfig, PolicyTrainConfig
-from motionpref.distributed import accelerator, bare_model, reduce_sum, share, share_weight
+from motionpref.distributed import accelerator, bare_model, reduce_sum, share_to_train, share_weight
 from motionpref.models.policy import MotionPolicy
 from motionpref.progress import track
 
@@ -117,6 +117,7 @@ def train_policy(
     optimiser = torch.optim.AdamW(
         policy.model.parameters(), lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
     )
+    bare = policy.model
     policy.model, optimiser = accel.prepare(policy.model, optimiser)
     model = policy.model
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
@@ -142,11 +143,9 @@ def train_policy(
                 (policy.prompt(rng.choice(train[order[i]].captions), rng.choice(policy.templates)), order[i])
                 for i in rows
             ]
-            mine = share(batch, accel)
-            # a process left without rows scores one at weight 0: it must still join the gradients' all-reduce
-            part = mine or batch[:1]
+            part, counted = share_to_train(batch, accel)
             scores = policy.token_scores([p for p, _ in part], [train[i].codes for _, i in part])
-            n_tokens = scores.mask.sum().item() if mine else 0
+            n_tokens = scores.mask.sum().item() if counted else 0
             tokens = reduce_sum(n_tokens, accel)
             loss = -scores.logprobs.sum() / scores.mask.sum() * share_weight(n_tokens, tokens, accel)
             optimiser.zero_grad(set_to_none=True)
@@ -157,7 +156,7 @@ def train_policy(
             step += 1
             batch_loss = reduce_sum(loss.item(), accel) / accel.num_processes  # the global batch's token mean
             nll_sum += batch_loss * tokens
-            correct_sum += reduce_sum(scores.correct.sum().item() if mine else 0, accel)
+            correct_sum += reduce_sum(scores.correct.sum().item() if counted else 0, accel)
             token_sum += tokens
             if log_metric is not None:
                 log_metric("policy/train_loss", batch_loss, step)
@@ -175,8 +174,8 @@ def train_policy(
             best = {"val_loss": val_metrics["loss"], "val_token_acc": val_metrics["token_acc"]}
             best["best_epoch"] = float(epoch)
             # Kept on CPU rather than saved each time: one write at the end, however often val improves.
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in accel.unwrap_model(model).state_dict().items()}
-    policy.model = accel.unwrap_model(model)
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in bare.state_dict().items()}
+    policy.model = bare
     policy.model.load_state_dict(best_state)
     policy.model.eval()
     if accel.is_main_process:

@@ -41,14 +41,16 @@ def metrics_report(r1: list[float]) -> dict:
     return {"metrics": summary, "replications": reps}
 
 
-def log_evaluation(project: Path, run_params, address: str, r1: list[float]) -> None:
-    """What run_stage leaves in MLflow for an evaluation: the run named by its address, the tags, the metrics
-    the stage returns and the metrics file under outputs/."""
-    model = address.split("@")[1]
-    report = metrics_report(r1)
-    path = project / "out" / f"{model}.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(report))
+def log_stage(
+    project: Path,
+    run_params,
+    address: str,
+    files: dict[str, dict] | None = None,
+    histories: dict[str, list[float]] | None = None,
+    metrics: dict | None = None,
+) -> None:
+    """What run_stage leaves in MLflow for a stage: the run named by its address, the tags, the metrics the stage
+    returns, metric histories (steps 1, 2, ...) and its metrics files under outputs/."""
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     mlflow.set_experiment(run_params.experiment)
     tags = {
@@ -58,9 +60,39 @@ def log_evaluation(project: Path, run_params, address: str, r1: list[float]) -> 
         **run_params.suite.tags(),
     }
     with mlflow.start_run(run_name=address, tags=tags) as run:
-        # the evaluate stage returns the report's summary; StageRun flattens it as run_stage logs it
-        StageRun(mlflow, run).log_metrics(report["metrics"])
-        mlflow.log_artifact(str(path), OUTPUTS_ARTIFACT)
+        if metrics:
+            StageRun(mlflow, run).log_metrics(metrics)
+        for key, values in (histories or {}).items():
+            for step, value in enumerate(values, 1):
+                mlflow.log_metric(key, value, step=step)
+        for name, content in (files or {}).items():
+            path = project / "out" / name
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(content))
+            mlflow.log_artifact(str(path), OUTPUTS_ARTIFACT)
+
+
+def log_evaluation(project: Path, run_params, address: str, r1: list[float]) -> None:
+    """An evaluation's run: the evaluate stage returns the report's summary (StageRun flattens it as run_stage
+    logs it) and writes the report."""
+    report = metrics_report(r1)
+    log_stage(project, run_params, address, {f"{address.split('@')[1]}.json": report}, metrics=report["metrics"])
+
+
+def winrate_study(model: str, rates: dict[float, tuple[float, float]], n: int = 100) -> dict:
+    """A winrate@<model> study as the stage writes it: per temperature (win, loss) rates, the rest ties."""
+    cells = [
+        {
+            "model": model,
+            "temperature": t,
+            "n": n,
+            "win": {"rate": w},
+            "loss": {"rate": loss},
+            "tie": {"rate": 1 - w - loss},
+        }
+        for t, (w, loss) in rates.items()
+    ]
+    return {"baseline": "sft", "cells": cells}
 
 
 BASE_R1 = [0.50, 0.52, 0.48, 0.51]

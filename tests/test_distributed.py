@@ -47,6 +47,9 @@ def test_shares_cover_a_batch_once_in_order(n: int, processes: int) -> None:
 def test_which_stages_shard_and_how_they_launch() -> None:
     assert shards("train_policy", None) and shards("finetune", "dpo") and shards("finetune", "dpo_s2")
     assert shards("evaluate", "sft") and shards("evaluate", "mdm") and not shards("evaluate", "gt")
+    assert (
+        shards("finetune", "mdm_sopo") and shards("finetune", "mld_sopo_s1") and shards("finetune", "mdm_modipo_online")
+    )
     assert not shards("finetune", "sopo") and not shards("finetune", "mdm_dpo") and not shards("label", "sft")
     cmd = launch_command(LaunchConfig(processes=2), "motionpref.pipeline.train_policy", ["--params", "p.yaml"])
     # torchrun's launcher, even on a CPU: `--cpu` would make accelerate start one process
@@ -187,3 +190,34 @@ def test_evaluation_in_two_processes_gives_the_same_metrics(
     for key, value in flat_one.items():  # every other number to float32 rounding
         assert flat_two[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, abs=1e-9)), key
     assert len(one["replications"]["fid"]) == 2 and one["replications"]["fid"][0] != one["replications"]["fid"][1]
+
+
+@pytest.mark.slow
+def test_diffusion_sopo_in_two_processes_trains_what_one_does(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SoPo on MDM: each process draws its share of every step's online samples (each from its own seed) and all
+    of them train on the gathered set, so the pairs, the losses and the saved denoiser are one process's."""
+    from motionpref.models.diffusion import load_policy
+
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    if not (project / "data" / "models" / "policy_mdm").is_dir():
+        run_stage("train_diffusion", project / "params.yaml", item="mdm")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["algo"]["diffusion"]["lr"] = 1e-3  # two smoke steps must move the weights past the bound below
+    reports, weights = {}, {}
+    for processes in (1, 2):
+        path = project / f"params_sopo_{processes}.yaml"
+        path.write_text(yaml.safe_dump({**params, "launch": {"processes": processes}}))
+        run_stage("finetune", path, item="mdm_sopo")
+        reports[processes] = json.loads((project / "reports" / "finetune" / "mdm_sopo.json").read_text())
+        weights[processes] = load_policy(project / "data" / "models" / "policy_mdm_sopo").state_dict()
+    before = load_policy(project / "data" / "models" / "policy_mdm").state_dict()
+    one, two = reports[1], reports[2]
+    assert one["steps"] == two["steps"] >= 2
+    for key in ("loss", "first_loss", "unpreferred_score", "best_sample_score", "similarity", "preferred_logratio"):
+        assert two[key] == pytest.approx(one[key], rel=LOSS_RTOL, abs=1e-9), key
+    assert two["valuable_fraction"] == one["valuable_fraction"]
+    diff = max((weights[1][k] - weights[2][k]).abs().max().item() for k in before)
+    moved = max((weights[1][k] - before[k]).abs().max().item() for k in before)
+    assert diff < WEIGHT_ATOL and moved > 10 * WEIGHT_ATOL

@@ -16,7 +16,7 @@ from motionpref.models.vqvae import MotionVQVAE, VQVAEConfig
 from motionpref.motion.features import extract_features, recover_joints
 from motionpref.pipeline.evaluate import model_report
 from motionpref.synth.animate import animate
-from motionpref.synth.judge import judge
+from motionpref.synth.judge import judge, judged_joints
 from motionpref.synth.programs import make_segment, program
 from tests.test_generator import K, ScriptedPolicy
 from tests.test_metrics import SIZES, D, tiny_setup
@@ -65,7 +65,7 @@ def test_the_judge_scores_first_samples_and_rejudges_only_the_resampled_ones(mon
     standing = np.tile(good[:1], (40, 1))
     prompts = [JudgedPrompt("wave twice", prog, len(good))] * 3
     recovered: list[int] = []
-    monkeypatch.setattr(judged_module, "recover_joints", lambda f, s: recovered.append(len(f)) or recover_joints(f, s))
+    monkeypatch.setattr(judged_module, "judged_joints", lambda f, s: recovered.append(len(f)) or judged_joints(f, s))
 
     def sample_fn(captions, lengths, seeds):  # the second first sample failed; its retry gave the good motion
         return [good, standing, good], {1: good}

@@ -170,3 +170,57 @@ def test_a_token_policy_without_its_vqvae_is_refused(
     result = runner.invoke(app, ["generate", FREE, "--model", "sft", "--out", str(out)])
     refused(result, out, "data/models/vqvae/config.json: not found")
     assert not out.parent.exists()
+
+
+def test_the_qualitative_figure_is_a_block_per_held_out_prompt_and_a_panel_per_model(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import pandas as pd
+
+    from motionpref.prefs.prompts import write_prompts
+
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy, symlinks=True)
+    dataset = copy / artifacts.DATASET
+    programs = {p.key(): p for p, _ in read_programs(dataset).values()}
+    chosen = list(programs.values())[:3]
+    # the win rates' pool: test programs only; a train prompt is never drawn
+    table = pd.DataFrame(
+        {
+            "prompt_id": ["p0", "p1", "p2"],
+            "text": ["a person walks", "someone claps", "a person waves"],
+            "program": [p.to_json() for p in chosen],
+            "source": ["synthetic"] * 3,
+            "group": [p.key() for p in chosen],
+            "split": ["test", "test", "train"],
+        }
+    )
+    write_prompts(table, copy / artifacts.PROMPTS)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    outs = [tmp_path / "a.gif", tmp_path / "b.gif"]
+    for out in outs:
+        result = runner.invoke(app, ["qualitative", "--model", "sft,mdm", "--captions", "5", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("prompt ")] == [
+        "prompt 1/2: a person walks",
+        "prompt 2/2: someone claps",
+    ]
+    assert outs[0].read_bytes() == outs[1].read_bytes()  # each prompt's own seed: the same figure again
+    last = frames(outs[0])[-1]
+    block = HEADER + PANEL + FOOTER  # a one-line caption, a row of panels, the judge's scores
+    assert last.shape == (2 * block, 2 * PANEL, 3)
+    for b in range(2):
+        for c in range(2):
+            top = b * block + HEADER
+            panel = last[top : top + PANEL, c * PANEL : (c + 1) * PANEL]
+            assert (panel.min(axis=-1) < 100).sum() > 200, f"block {b}, panel {c} has no figure"
+            score = last[top + PANEL : top + PANEL + FOOTER, c * PANEL : (c + 1) * PANEL]
+            assert (score.min(axis=-1) < 100).any(), f"no judge score under block {b}, panel {c}"
+    result = runner.invoke(app, ["qualitative", "--captions", "0", "--out", str(tmp_path / "c.gif")])
+    assert result.exit_code == 2 and "--captions: expected at least 1 prompt, got 0" in result.output
+    (copy / artifacts.PROMPTS).unlink()
+    result = runner.invoke(app, ["qualitative", "--out", str(tmp_path / "c.gif")])
+    assert result.exit_code == 2 and "prompts.parquet: missing (run the generate_prompts stage)" in result.output

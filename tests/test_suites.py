@@ -7,9 +7,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from suite_fixtures import BASE_R1, BETA, GAINS, fill_store, log_evaluation, make_project, write_suites
+from suite_fixtures import (
+    BASE_R1,
+    BETA,
+    GAINS,
+    fill_store,
+    log_evaluation,
+    log_stage,
+    make_project,
+    winrate_study,
+    write_suites,
+)
 
 from motionpref.config import ConfigError, parse_params
+from motionpref.pipeline import lineage_hash
 from motionpref.suites import (
     RunIndex,
     hydra_value,
@@ -101,7 +112,7 @@ def test_dvcs_own_set_param_reads_the_overrides_back_as_the_suite_resolved_them(
         ({**BETA, "grid": {"algo.nope.beta": [0.1]}}, "params.yaml has no section 'algo.nope'"),
         ({**BETA, "seed": [0]}, "suites.s.seed: unknown key"),
         ({**BETA, "grid": {"algo.dpo.loss": ["dpo"]}}, "algo.dpo.loss"),
-        ({k: v for k, v in BETA.items() if k != "models"}, "suites.s.models"),
+        ({k: v for k, v in BETA.items() if k != "models"}, "a metrics suite needs models"),
         ({**BETA, "grid": {"algo.dpo.loss": ["ipo", "kto"]}, "figure": True}, "one key whose values are numbers"),
         (
             {**BETA, "paper": {"algo.beta=0.1": {"result": "x", "trend": "upward"}}},
@@ -176,3 +187,112 @@ def test_a_stage_two_runs_share_is_estimated_once(project: Path) -> None:
     assert first.seconds == 60.0 * len(first.to_run) and not first.unknown
     # beta 0.2 shares everything but the DPO replicates' finetuning and evaluation with beta 0.1
     assert second.seconds == 60.0 * 6 and len(second.to_run) == len(first.to_run)
+
+
+F3 = {"kind": "winrate", "seeds": [0, 3, 6], "models": ["dpo"]}
+# per seed: temperature -> (win, loss); win - loss at 1.0: 0.10, 0.08, 0.12 (t interval excludes 0); at 2.0:
+# 0.10, -0.10, 0.00 (it holds 0)
+F3_RATES = [
+    {1.0: (0.30, 0.20), 2.0: (0.40, 0.30)},
+    {1.0: (0.28, 0.20), 2.0: (0.20, 0.30)},
+    {1.0: (0.32, 0.20), 2.0: (0.3, 0.3)},
+]
+
+
+def test_a_winrate_suite_reads_one_study_per_seed_and_tests_win_minus_loss_across_them(project: Path) -> None:
+    paper = {"dpo": {"result": "DPO preferred at every temperature", "trend": "better"}}
+    write_suites(project, {"f": {**F3, "paper": paper}})
+    spec = load_suites(project / "suites.yaml")["f"]
+    runs = suite_runs("f", spec, project / "params.yaml")
+    assert [r.params.algo.seed for r in runs] == [0, 3, 6]
+    assert targets(spec, runs[0].params, project / "dvc.yaml") == ["winrate@dpo"]
+    for run, rates in zip(runs, F3_RATES, strict=True):
+        log_stage(project, run.params, "winrate@dpo", {"dpo.json": winrate_study("dpo", rates)})
+    md = main_report("f", project)
+    table = json.loads(md.with_suffix(".json").read_text())
+    cold, hot = table["variants"]["base"]["dpo"]["temperatures"]
+    assert cold["win_minus_loss"]["per_seed"] == pytest.approx([0.10, 0.08, 0.12])
+    assert cold["win_minus_loss"]["mean"] == pytest.approx(0.10) and cold["win_minus_loss"]["verdict"] == "better"
+    assert hot["win_minus_loss"]["verdict"] == "within" and hot["win"]["mean"] == pytest.approx(0.30)
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| base | dpo | sft |")]
+    assert rows[0].startswith("| base | dpo | sft | 1 | 3 | 30.0% | 50.0% | 20.0% | +0.100 ± ")
+    assert rows[0].endswith("| DPO preferred at every temperature | yes (win − loss better) |")
+    assert rows[1].endswith("| no (win − loss within) |")
+    from PIL import Image
+
+    with Image.open(md.with_suffix(".png")) as png:  # Fig. 3: rates against temperature
+        assert png.size == (600, 384)
+
+
+def test_a_curves_suite_reads_every_replicates_history(project: Path) -> None:
+    spec = {
+        "kind": "curves",
+        "curves": {"stage": "finetune@rlhf", "metrics": ["ppo/kl", "ppo/score_mean"]},
+        "paper": {"ppo/kl": {"result": "KL grows", "trend": "rises"}},
+    }
+    write_suites(project, {"c": spec})
+    (run,) = suite_runs("c", load_suites(project / "suites.yaml")["c"], project / "params.yaml")
+    addresses = targets(load_suites(project / "suites.yaml")["c"], run.params, project / "dvc.yaml")
+    assert addresses == ["finetune@rlhf", "finetune@rlhf_s1", "finetune@rlhf_s2"]
+    kl = [[0.0, 0.5, 1.0], [0.0, 0.4, 0.9, 1.1], [0.1, 0.3, 1.2]]
+    for address, curve in zip(addresses, kl, strict=True):
+        log_stage(project, run.params, address, histories={"ppo/kl": curve, "ppo/score_mean": [0.5, 0.4, 0.6]})
+    md = main_report("c", project)
+    rows = json.loads(md.with_suffix(".json").read_text())["variants"]["base"]
+    assert rows["ppo/kl"]["change"]["per_seed"] == pytest.approx([1.0, 1.1, 1.1])
+    assert rows["ppo/kl"]["change"]["verdict"] == "rises" and rows["ppo/score_mean"]["change"]["verdict"] == "rises"
+    assert [c["steps"] for c in rows["ppo/kl"]["series"]] == [[1, 2, 3], [1, 2, 3, 4], [1, 2, 3]]
+    text = md.read_text()
+    assert (
+        "| base | ppo/kl | 3 | 3/4 | 0.033 | 1.100 | +1.067 ± " in text
+        and "| KL grows | yes (last − first rises) |" in text
+    )
+    assert md.with_suffix(".png").is_file()
+
+
+def test_a_curves_suites_seeds_can_set_another_param(project: Path) -> None:
+    """The reward model has no replicate stages: its suite's seeds set reward.seed, each a training of its own."""
+    spec = {
+        "kind": "curves",
+        "seed_key": "reward.seed",
+        "seeds": [0, 1],
+        "curves": {"stage": "train_reward", "metrics": ["reward/val_loss"]},
+    }
+    write_suites(project, {"r": spec})
+    runs = suite_runs("r", load_suites(project / "suites.yaml")["r"], project / "params.yaml")
+    assert [(r.params.reward.seed, r.params.algo.seed) for r in runs] == [(0, 0), (1, 0)]
+    assert [r.params.reward.stage_key() for r in runs] == ["train_reward", "train_reward:1"]
+    hashes = {lineage_hash(r.params, project / "dvc.yaml", "train_reward") for r in runs}
+    assert len(hashes) == 2  # two trainings, not one found twice
+    for run, curve in zip(runs, ([0.7, 0.6, 0.65], [0.7, 0.62, 0.7]), strict=True):
+        log_stage(project, run.params, "train_reward", histories={"reward/val_loss": curve})
+    table = json.loads(main_report("r", project).with_suffix(".json").read_text())
+    assert table["variants"]["base"]["reward/val_loss"]["change"]["per_seed"] == pytest.approx([-0.05, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({**F3, "baseline": "sft"}, "a winrate suite takes no baseline"),
+        ({"kind": "curves", "models": ["dpo"]}, "a curves suite needs curves"),
+        (
+            {**F3, "paper": {"dpo": {"result": "x", "trend": "rises"}}},
+            "paper.dpo.trend: a winrate suite's trend is better",
+        ),
+        ({**F3, "models": ["gt"]}, "no stage winrate@gt"),
+        ({"kind": "curves", "curves": {"stage": "finetune@nope", "metrics": ["a"]}}, "no stage finetune@nope"),
+    ],
+)
+def test_a_suite_of_another_kind_names_what_it_lacks(project: Path, spec: dict, message: str) -> None:
+    write_suites(project, {"s": spec})
+    with pytest.raises(ConfigError, match="suites") as err:
+        suite_runs("s", load_suites(project / "suites.yaml")["s"], project / "params.yaml")
+    assert message in str(err.value)
+
+
+def test_a_winrate_suite_with_one_seed_is_refused_at_report(project: Path) -> None:
+    write_suites(project, {"f": {**F3, "seeds": [0]}})
+    (run,) = suite_runs("f", load_suites(project / "suites.yaml")["f"], project / "params.yaml")
+    log_stage(project, run.params, "winrate@dpo", {"dpo.json": winrate_study("dpo", F3_RATES[0])})
+    with pytest.raises(ConfigError, match="dpo: a win rate across seeds needs 2 or more replicates"):
+        main_report("f", project)

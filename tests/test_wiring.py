@@ -153,6 +153,20 @@ def test_a_stages_lineage_holds_what_changes_its_inputs_and_nothing_else() -> No
     assert "algo.beta" not in lineage_params(DVC_YAML, "evaluate@sopo")
 
 
+def test_a_key_added_at_its_neutral_value_keeps_the_lineage_hashes_runs_were_recorded_with() -> None:
+    """data.format came after runs were logged: at humanml3d (what those runs computed) their hashes still match."""
+    from motionpref.config import params_hash
+    from motionpref.pipeline import _value_at, lineage_hash
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = parse_params(raw)
+    before = {key: _value_at(params, key) for key in lineage_params(DVC_YAML, "evaluate@sft")}
+    del before["data"]["format"]  # the data section as it was before the key existed
+    assert lineage_hash(params, DVC_YAML, "evaluate@sft") == params_hash(before)
+    raw["data"]["format"] = "kit"
+    assert lineage_hash(parse_params(raw), DVC_YAML, "evaluate@sft") != params_hash(before)
+
+
 def test_every_stage_lists_what_selects_its_values() -> None:
     for name, item in stage_addresses():
         declared = declared_params(DVC_YAML, name, item)

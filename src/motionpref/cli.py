@@ -136,6 +136,31 @@ def generate(
     typer.echo(f"wrote {written}")
 
 
+@app.command()
+def qualitative(
+    out: Annotated[Path, typer.Option("--out", help="output .gif or .mp4 (e.g. reports/tables/qualitative_NAME.gif)")],
+    model: Annotated[
+        str, typer.Option("--model", help="trained models, comma-separated, the base first: sft,dpo,rlhf")
+    ] = "sft",
+    captions: Annotated[int, typer.Option("--captions", help="held-out prompts, a block each")] = 4,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """A qualitative figure (SoPo's Fig. 1): the same held-out prompts (test programs of prompts.parquet) sampled
+    once by every model with the prompt's own seed, side by side, the synthetic judge's score under each."""
+    from motionpref.generate import qualitative_grid
+    from motionpref.tracking import project_root
+
+    try:
+        resolved = load_params(params)
+        models = [m.strip() for m in model.split(",") if m.strip()]
+        written = qualitative_grid(
+            project_root(), resolved, models, captions, out, lambda line: typer.echo(line, err=True)
+        )
+    except (ValueError, OSError) as e:  # ConfigError, CheckpointError and DatasetError are ValueErrors
+        _fail(f"qualitative: {e}")
+    typer.echo(f"wrote {written}")
+
+
 @app.command("label-app")
 def label_app(
     params: ParamsOption = Path("params.yaml"),

@@ -68,6 +68,7 @@ class SplitFractions(Section):
 class DataConfig(Section):
     source: Literal["synthetic", "humanml3d", "kit"] = "synthetic"
     root: Path | None = None  # a real HumanML3D / KIT-ML folder, for source humanml3d | kit
+    format: Literal["humanml3d", "kit"] = "humanml3d"  # the layout the synthetic world is written in
     n_clips: int = Field(3000, ge=4)
     n_novel: int = Field(600, ge=0)
     n_captions: int = Field(3, ge=1, le=10)
@@ -81,12 +82,17 @@ class DataConfig(Section):
 
     @property
     def skeleton_name(self) -> str:
-        return "kit" if self.source == "kit" else "humanml3d"
+        return "kit" if "kit" in (self.source, self.format) else "humanml3d"
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.source != "synthetic" and self.root is None:
             raise ValueError(f"data.root: source {self.source!r} needs the path of the dataset folder")
+        if self.source != "synthetic" and self.format != "humanml3d":
+            raise ValueError(
+                f"data.format: {self.format!r} picks the synthetic world's layout, so it needs source synthetic; "
+                f"a {self.source!r} folder is read in its own layout (leave data.format humanml3d)"
+            )
         if self.min_len >= self.max_len:
             raise ValueError(f"min_len ({self.min_len}) must be below max_len ({self.max_len})")
         return self
@@ -484,6 +490,13 @@ class RewardTrainConfig(Section):
 
 class RewardSection(Section):
     train: RewardTrainConfig = RewardTrainConfig()
+    # the reward model's seed replicate (suite instructmotion_reward_curves); 0 is the model every run trains
+    seed: int = Field(0, ge=0)
+
+    def stage_key(self) -> str:
+        """The name train_reward's seed is derived from; replicate 0 keeps the stage's own, so adding replicates
+        changed no earlier output."""
+        return "train_reward" if self.seed == 0 else f"train_reward:{self.seed}"
 
 
 class LoraConfig(Section):

@@ -40,8 +40,9 @@ class HasModel(Protocol):
     model: Any
 
 
-# the finetuning algorithms whose loops shard their batches (the DPO family, with its seed replicates)
-SHARDED_ALGORITHMS = ("dpo",)
+# the finetuning algorithms whose loops shard their batches (the DPO family, with its seed replicates), or their
+# online samples (SoPo and MoDiPO on the diffusion policies)
+SHARDED_ALGORITHMS = ("dpo", "mdm_sopo", "mld_sopo", "mdm_modipo", "mdm_modipo_online", "mld_modipo")
 
 
 def shards(name: str, item: str | None) -> bool:
@@ -195,6 +196,32 @@ def sharded_sample_fn(sample_fn: SampleFn, accel: Accelerator) -> SampleFn:
         return motions, {i: m for _, r in answered for i, m in (r or {}).items()}
 
     return sample
+
+
+def shared_rows(n: int, compute: Callable[[list[int]], Sequence[T]], accel: Accelerator) -> list[T]:
+    """``compute(rows)`` (one result per row) for this process's share of rows 0..n-1, gathered back in order, so
+    every process holds all n results; ``compute`` of every row in one process. For work each row does alone (a
+    sample drawn from its own seed), whose answer does not depend on how the rows are split."""
+    if accel.num_processes == 1:
+        return list(compute(list(range(n))))
+    from accelerate.utils import gather_object
+
+    rows = share(range(n), accel)
+    mine = list(compute(rows)) if rows else []
+    return [x for part in gather_object([mine]) for x in part]
+
+
+def average_gradients(params: Sequence[Any], accel: Accelerator) -> None:
+    """Each parameter's gradient replaced by its mean over the processes, for replicas that train on the same
+    batch without a DDP wrapper: they stay identical even where a device's kernels round differently."""
+    if accel.num_processes == 1:
+        return
+    import torch
+
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = accel.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+    for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(part.view_as(g))
 
 
 def reduce_counter(counter: dict[str, int], keys: Sequence[str], accel: Accelerator) -> dict[str, int]:

@@ -28,13 +28,12 @@ from motionpref.config import Params
 from motionpref.loading import dataset_spec, load_generator, trained_models
 from motionpref.models.diffusion_generator import DiffusionGenerator
 from motionpref.models.generator import MotionGenerator
-from motionpref.motion.dataset import read_captions
-from motionpref.motion.features import recover_joints
+from motionpref.motion.dataset import DatasetSpec, read_captions
 from motionpref.motion.render import render_frames, write_video
 from motionpref.motion.skeleton import Skeleton
 from motionpref.pipeline import artifacts, seed_everything
 from motionpref.prefs.prompts import normalise, read_prompts
-from motionpref.synth.judge import judge
+from motionpref.synth.judge import judge, judged_joints
 from motionpref.synth.programs import Program
 from motionpref.synth.world import read_programs
 
@@ -108,16 +107,17 @@ def sample_model(
     ]
 
 
-def _title(model: str, sample: Sample) -> str:
+def _title(model: str, sample: Sample, with_seed: bool = True) -> str:
+    name = f"{model}, seed {sample.seed}" if with_seed else model
     if not sample.valid:
-        return f"{model}, seed {sample.seed}: no motion"
-    return f"{model}, seed {sample.seed}" + (f" (try {sample.attempts})" if sample.attempts > 1 else "")
+        return f"{name}: no motion"
+    return name + (f" (try {sample.attempts})" if sample.attempts > 1 else "")
 
 
 def _judged(program: Program, sample: Sample, skeleton: Skeleton) -> str:
     if not sample.valid:
         return "no motion"
-    score = judge(program, recover_joints(np.asarray(sample.features, np.float32), skeleton))
+    score = judge(program, judged_joints(np.asarray(sample.features, np.float32), skeleton))
     return f"judge {score:.2g}"  # a soft AND of criteria: a near miss scores orders of magnitude below 1
 
 
@@ -161,6 +161,36 @@ def render_grid(
     return out
 
 
+def _load(
+    root: Path, params: Params, models: Sequence[str], out: Path
+) -> tuple[DatasetSpec, dict[str, MotionGenerator | DiffusionGenerator]]:
+    """The dataset and each named model's sampler (``load_generator``), every one loaded before any sampling so
+    a missing VQ-VAE or a broken folder stops the command at once; a wrong name or output is a ValueError."""
+    if not models:
+        raise ValueError("--model: name at least one trained model")
+    trained = trained_models(root)
+    unknown = [m for m in models if m not in trained]
+    if unknown:
+        have = ", ".join(trained) if trained else "none (train them with dvc repro)"
+        names = ", ".join(repr(m) for m in unknown)
+        raise ValueError(f"--model: no trained model {names}; trained under {root / artifacts.MODELS}: {have}")
+    check_out(out)
+    seed_everything(params.seed, params.threads)  # as a stage: its thread count (the same bits), quiet libraries
+    spec = dataset_spec(root, params.data)
+    return spec, {m: load_generator(root, m, params, spec) for m in models}
+
+
+def _val_lengths(spec: DatasetSpec) -> Callable[[], list[int]]:
+    @cache
+    def val_lengths() -> list[int]:
+        lengths = [e.length for e in spec.load("val")]
+        if not lengths:
+            raise ValueError(f"{spec.root}: no val clips to draw a diffusion policy's length from; pass --length")
+        return lengths
+
+    return val_lengths
+
+
 def generate_grid(
     root: Path,
     params: Params,
@@ -181,21 +211,8 @@ def generate_grid(
         raise ValueError(f"--seeds: expected at least 1 sample per model, got {n_seeds}")
     if length is not None and length < 1:
         raise ValueError(f"--length: expected at least 1 frame, got {length}")
-    if not models:
-        raise ValueError("--model: name at least one trained model")
     models = list(dict.fromkeys(models))
-    trained = trained_models(root)
-    unknown = [m for m in models if m not in trained]
-    if unknown:
-        have = ", ".join(trained) if trained else "none (train them with dvc repro)"
-        names = ", ".join(repr(m) for m in unknown)
-        raise ValueError(f"--model: no trained model {names}; trained under {root / artifacts.MODELS}: {have}")
-    check_out(out)
-
-    seed_everything(params.seed, params.threads)  # as a stage: its thread count (the same bits), quiet libraries
-    spec = dataset_spec(root, params.data)
-    # every model loads before any samples, so a missing VQ-VAE or a broken folder stops the command at once
-    generators = {m: load_generator(root, m, params, spec) for m in models}
+    spec, generators = _load(root, params, models, out)
     program = None
     if params.data.source == "synthetic":
         programs = caption_programs(root, caption)
@@ -209,18 +226,11 @@ def generate_grid(
                 "neither the dataset nor the prompts have this caption"
             )
 
-    @cache
-    def val_lengths() -> list[int]:
-        lengths = [e.length for e in spec.load("val")]
-        if not lengths:
-            raise ValueError(f"{spec.root}: no val clips to draw a diffusion policy's length from; pass --length")
-        return lengths
-
     seeds = list(range(n_seeds))
     rows = []
     for model, generator in generators.items():
         log(f"{model}: sampling {n_seeds} motion{'s' if n_seeds > 1 else ''}")
-        rows.append(sample_model(generator, caption, seeds, length, val_lengths))
+        rows.append(sample_model(generator, caption, seeds, length, _val_lengths(spec)))
     footers = None if program is None else [[_judged(program, x, spec.skeleton) for x in row] for row in rows]
     log(f"rendering {len(rows)} x {n_seeds} panels")
     frames = render_grid(
@@ -230,4 +240,37 @@ def generate_grid(
         footers,
         spec.skeleton,
     )
+    return write_video(frames, out, spec.skeleton.fps)
+
+
+def qualitative_grid(
+    root: Path, params: Params, models: Sequence[str], n_captions: int, out: Path, log: Callable[[str], None]
+) -> Path:
+    """SoPo's Fig. 1 for our models: ``n_captions`` held-out prompts (the test programs of ``prompts.parquet``,
+    which no preference pair was sampled for; a seeded draw, the win rates' pool), each sampled once by every
+    model with the prompt's own seed (the same for every model, as the win-rate study seeds it), a block per
+    prompt of one panel per model with the synthetic judge's score of the prompt's program under each. The
+    samplers are the evaluation's, retries included: a panel says when its motion took more than one try."""
+    from motionpref.evaluate.winrate import held_out_prompts, prompt_seeds
+
+    if n_captions < 1:
+        raise ValueError(f"--captions: expected at least 1 prompt, got {n_captions}")
+    models = list(dict.fromkeys(models))
+    prompts_path = root / artifacts.PROMPTS
+    chosen = held_out_prompts(
+        read_prompts(prompts_path), n_captions, params.stage_seed("qualitative"), str(prompts_path)
+    )
+    spec, generators = _load(root, params, models, out)
+    seeds = prompt_seeds(params.stage_seed("qualitative"), chosen["prompt_id"].tolist())
+    blocks = []
+    for k, (text, program_json, seed) in enumerate(zip(chosen["text"], chosen["program"], seeds, strict=True)):
+        log(f"prompt {k + 1}/{len(chosen)}: {text}")
+        program = Program.from_json(program_json) if isinstance(program_json, str) else None
+        row = [sample_model(g, text, [seed], None, _val_lengths(spec))[0] for g in generators.values()]
+        footers = None if program is None else [[_judged(program, x, spec.skeleton) for x in row]]
+        titles = [[_title(m, x, with_seed=False) for m, x in zip(models, row, strict=True)]]
+        blocks.append(render_grid([[x.features for x in row]], titles, text, footers, spec.skeleton))
+    # blocks play in sync; a shorter one holds its last frame
+    n = max(len(b) for b in blocks)
+    frames = np.concatenate([np.concatenate([b, np.repeat(b[-1:], n - len(b), 0)]) for b in blocks], axis=1)
     return write_video(frames, out, spec.skeleton.fps)

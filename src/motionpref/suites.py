@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from motionpref.config import ConfigError, Params, Section, error_lines, parse_params
 from motionpref.pipeline import OUTPUTS_ARTIFACT, artifacts, lineage_hash, stage_addresses, upstream
-from motionpref.report.compare import METRICS, PAIRED, compare_models, signed
+from motionpref.report.compare import METRICS, PAIRED, compare_models, signed, t_interval, verdict
 
 SUITES_FILE = "suites.yaml"
 TABLES_DIR = "reports/tables"
@@ -46,25 +46,61 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 
 
 class PaperResult(Section):
-    """What a paper reports for a row: its words or numbers, and the verdict its finding implies for our gain over
-    the baseline in ``metric`` (better, worse, or within: no difference). No trend: the finding is not a
-    direction against the baseline (a ranking of variants, say) and is shown but not checked."""
+    """What a paper reports for a row: its words or numbers, and the verdict its finding implies. A ``metrics``
+    suite checks our seed-replicate gain over the baseline in ``metric`` (better, worse, or within: no
+    difference); a ``winrate`` suite the win rate minus the loss rate against the model's base at each
+    temperature; a ``curves`` suite the change of the row's metric from its first logged value to its last (rises,
+    falls or within). No trend: the finding is not such a direction (a ranking of variants, say) and is shown but
+    not checked."""
 
     result: str
-    trend: Literal["better", "worse", "within"] | None = None
+    trend: Literal["better", "worse", "within", "rises", "falls"] | None = None
     metric: Literal["r_precision_top1", "r_precision_top3", "mm_dist", "fid"] = "r_precision_top1"
+
+
+class CurveSpec(Section):
+    """Training curves: MLflow metric histories of one stage against their step."""
+
+    stage: str  # a stage address: train_reward, or finetune@rlhf with its seed replicates finetune@rlhf_s<k>
+    metrics: list[str] = Field(min_length=1)  # MLflow metric keys the stage logs with a step
+
+
+KINDS = ("metrics", "winrate", "curves")
+CURVE_TRENDS = ("rises", "falls")
 
 
 class SuiteSpec(Section):
     description: str = ""
+    # metrics: each model's evaluation against the baseline's; winrate: each model's win rates against its base
+    # (winrate@<model>, replicated by the seeds); curves: the training curves of one stage
+    kind: Literal["metrics", "winrate", "curves"] = "metrics"
     base: dict[str, Any] = Field(default_factory=dict)  # key -> value, every run's overrides
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # key -> values; the variants are their product
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # algo.seed of each run
-    models: list[str] = Field(min_length=1)  # finetuned models: evaluate@<model> and its seed replicates
-    baseline: str  # evaluate@<baseline>, the model each gain is measured against
-    # the paper's result of a row, keyed "<variant> / <model>", "<variant>" or "<model>" (the first that matches)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # the value of seed_key in each run
+    seed_key: str = "algo.seed"  # the param a run's seed sets (reward.seed: the reward model's replicates)
+    models: list[str] = Field(default_factory=list)  # metrics, winrate: evaluate@ or winrate@<model> (+ replicates)
+    baseline: str | None = None  # metrics: evaluate@<baseline>, the model each gain is measured against
+    curves: CurveSpec | None = None  # curves: the stage and its metrics
+    # the paper's result of a row, keyed "<variant> / <row>", "<variant>" or "<row>" (the first that matches); a
+    # row is a model, or a curve's metric
     paper: dict[str, PaperResult] = Field(default_factory=dict)
-    figure: bool = False  # also plot each model's R@1 gain against the one grid key's values (a paper figure)
+    figure: bool = False  # metrics: also plot each model's R@1 gain against the one grid key's values
+
+    @model_validator(mode="after")
+    def _kind_has_its_fields(self) -> SuiteSpec:
+        needs = {"metrics": ("models", "baseline"), "winrate": ("models",), "curves": ("curves",)}[self.kind]
+        missing = [f for f in needs if not getattr(self, f)]
+        if missing:
+            raise ValueError(f"a {self.kind} suite needs {' and '.join(missing)}")
+        extra = [f for f in ("models", "baseline", "curves", "figure") if f not in needs and getattr(self, f)]
+        if extra and not (self.kind == "metrics" and extra == ["figure"]):
+            raise ValueError(f"a {self.kind} suite takes no {' or '.join(extra)} (it always draws its figure)")
+        curve_trend = self.kind == "curves"
+        for key, cited in self.paper.items():
+            if cited.trend is not None and (cited.trend in CURVE_TRENDS) != curve_trend:
+                allowed = "rises or falls" if curve_trend else "better, worse or within"
+                raise ValueError(f"paper.{key}.trend: a {self.kind} suite's trend is {allowed}")
+        return self
 
     @model_validator(mode="after")
     def _figure_has_one_numeric_key(self) -> SuiteSpec:
@@ -145,7 +181,7 @@ def suite_runs(name: str, spec: SuiteSpec, params_path: str | Path = "params.yam
         variant = ", ".join(f"{k}={_text(v)}" for k, v in chosen.items())
         slug = "-".join(f"{k.rsplit('.', 1)[-1]}_{_slug(v)}" for k, v in chosen.items()) or "base"
         for seed in spec.seeds:
-            overrides = {**spec.base, **chosen, "algo.seed": seed}
+            overrides = {**spec.base, **chosen, spec.seed_key: seed}
             overrides.update({"suite.name": name, "suite.variant": variant or "base", "suite.seed": seed})
             resolved = copy.deepcopy(raw)
             for key, value in overrides.items():
@@ -162,18 +198,35 @@ def suite_runs(name: str, spec: SuiteSpec, params_path: str | Path = "params.yam
     return runs
 
 
-def replicates(model: str, params: Params, dvc_yaml: Path) -> list[str]:
-    """The seed replicates of ``model`` the pipeline evaluates (``<model>``, ``<model>_s1``, ... up to
-    ``report.seeds``; a model without ``_s<k>`` stages has itself only)."""
+def replicates(model: str, params: Params, dvc_yaml: Path, stage: str = "evaluate") -> list[str]:
+    """The seed replicates of ``model`` the pipeline has ``stage`` stages for (``<model>``, ``<model>_s1``, ... up
+    to ``report.seeds``; a model without ``_s<k>`` stages has itself only)."""
     known = set(stage_addresses(dvc_yaml))
     names = [artifacts.replicate(model, k) for k in range(params.report.seeds)]
-    return [n for n in names if f"evaluate@{n}" in known]
+    return [n for n in names if f"{stage}@{n}" in known]
+
+
+def _read(spec: SuiteSpec, params: Params, dvc_yaml: Path) -> dict[str, list[str]]:
+    """What a run of the suite reads: each row's stage addresses (a model's or a curve's replicates)."""
+    if spec.kind == "winrate":  # the pipeline compares replicate 0 only: the suite's seeds replicate it
+        return {m: [f"winrate@{m}"] for m in spec.models}
+    if spec.kind == "curves":
+        assert spec.curves is not None
+        stage, _, item = spec.curves.stage.partition("@")
+        if not item:
+            return {stage: [stage]}
+        return {item: [f"{stage}@{r}" for r in replicates(item, params, dvc_yaml, stage)]}
+    assert spec.baseline is not None
+    return {m: [f"evaluate@{r}" for r in replicates(m, params, dvc_yaml)] for m in (spec.baseline, *spec.models)}
 
 
 def targets(spec: SuiteSpec, params: Params, dvc_yaml: Path) -> list[str]:
-    """The evaluations a suite's table reads: the baseline's and every seed replicate of every model's."""
-    models = [r for m in spec.models for r in replicates(m, params, dvc_yaml)]
-    return [f"evaluate@{m}" for m in (spec.baseline, *models)]
+    """The stages a suite's table reads: for a metrics suite the baseline's evaluation and every seed replicate of
+    every model's (the baseline's replicate 0 only); the win-rate studies; the curve stage's replicates."""
+    read = _read(spec, params, dvc_yaml)
+    if spec.kind == "metrics":
+        read[spec.baseline] = read[spec.baseline][:1]  # type: ignore[index]
+    return [a for addresses in read.values() for a in addresses]
 
 
 def _check_seeds(name: str, spec: SuiteSpec, params: Params, dvc_yaml: Path) -> None:
@@ -181,15 +234,16 @@ def _check_seeds(name: str, spec: SuiteSpec, params: Params, dvc_yaml: Path) -> 
     algo.seed 1's own model does) would count one training twice and narrow the intervals falsely."""
     known = set(stage_addresses(dvc_yaml))
     seeds = sorted(spec.seeds)
-    for model in (spec.baseline, *spec.models):
-        if f"evaluate@{model}" not in known:
-            raise ConfigError(f"{SUITES_FILE}: suites.{name}: no stage evaluate@{model} in {dvc_yaml}")
-        n = len(replicates(model, params, dvc_yaml))
+    for row, addresses in _read(spec, params, dvc_yaml).items():
+        if not addresses or addresses[0] not in known:
+            wanted = addresses[0] if addresses else spec.curves.stage if spec.curves else f"evaluate@{row}"
+            raise ConfigError(f"{SUITES_FILE}: suites.{name}: no stage {wanted} in {dvc_yaml}")
+        n = len(addresses)
         close = [(a, b) for a, b in zip(seeds, seeds[1:], strict=False) if b - a < n]
-        if close:
+        if close and spec.seed_key == "algo.seed":
             a, b = close[0]
             raise ConfigError(
-                f"{SUITES_FILE}: suites.{name}.seeds: {a} and {b} overlap: each run trains {model}'s replicates "
+                f"{SUITES_FILE}: suites.{name}.seeds: {a} and {b} overlap: each run trains {row}'s replicates "
                 f"algo.seed .. algo.seed + {n - 1}; space the seeds by {n} or more (e.g. 0, {n})"
             )
 
@@ -375,25 +429,122 @@ def follow(plans: Sequence[RunPlan], root: Path, jobs: int, poll: float = 15.0) 
 
 
 # ---------------------------------------------------------------------------------------------------- tables
-def _artifact_report(client: Any, run: Any, model: str) -> dict[str, Any]:
+def _artifact_json(client: Any, run: Any, name: str, address: str) -> dict[str, Any]:
+    """A metrics file ``run_stage`` logged under ``outputs/`` in the MLflow run of ``address``."""
     import tempfile
 
-    name = Path(artifacts.model_metrics(model)).name
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(run.info.run_id, f"{OUTPUTS_ARTIFACT}/{name}", tmp)
         except Exception as e:  # MLflow raises its own and OSError kinds for a missing artifact
             raise ConfigError(
-                f"MLflow run {run.info.run_id} (evaluate@{model}) has no {OUTPUTS_ARTIFACT}/{name}: {e}"
+                f"MLflow run {run.info.run_id} ({address}) has no {OUTPUTS_ARTIFACT}/{name}: {e}"
             ) from None
         return json.loads(Path(local).read_text(encoding="utf-8"))
+
+
+Hit = Callable[[SuiteRun, str], Any]  # (run, stage address) -> that stage's MLflow run, recorded as a source
+
+
+def _too_few(name: str, rows: Mapping[str, Sequence[Any]], what: str) -> None:
+    few = [row for row, reps in rows.items() if len(reps) < 2]
+    if few:
+        raise ConfigError(
+            f"suite {name}: {', '.join(few)}: {what} across seeds needs 2 or more replicates; give the suite more seeds"
+        )
+
+
+def _metric_rows(name: str, spec: SuiteSpec, vruns: Sequence[SuiteRun], hit: Hit, client: Any, dvc_yaml: Path) -> Any:
+    """Each model against the baseline, across every seed replicate of every run of the variant."""
+
+    def report(run: SuiteRun, model: str) -> dict[str, Any]:
+        address = f"evaluate@{model}"
+        return _artifact_json(client, hit(run, address), Path(artifacts.model_metrics(model)).name, address)
+
+    assert spec.baseline is not None
+    reports = {m: [report(r, k) for r in vruns for k in replicates(m, r.params, dvc_yaml)] for m in spec.models}
+    _too_few(name, reports, "a gain")
+    metrics = {spec.baseline: report(vruns[0], spec.baseline), **{m: reps[0] for m, reps in reports.items()}}
+    return compare_models(metrics, spec.baseline, None, reports)
+
+
+def _winrate_rows(name: str, spec: SuiteSpec, vruns: Sequence[SuiteRun], hit: Hit, client: Any, dvc_yaml: Path) -> Any:
+    """Each model's win, tie and loss rates against its base at each temperature, one study per seed: means and
+    the win rate minus the loss rate (paired within a study) with its t interval across the seeds."""
+    out = {}
+    for model in spec.models:
+        address = f"winrate@{model}"
+        name_json = Path(artifacts.winrate_report(model, "json")).name
+        studies = [_artifact_json(client, hit(r, address), name_json, address) for r in vruns]
+        _too_few(name, {model: studies}, "a win rate")
+        cells: dict[float, list[Mapping[str, Any]]] = {}
+        for study in studies:
+            for cell in study["cells"]:
+                if cell["model"] == model:
+                    cells.setdefault(float(cell["temperature"]), []).append(cell)
+        rows = []
+        for temperature, group in sorted(cells.items()):
+            if len(group) != len(studies):
+                raise ConfigError(f"suite {name}: {address}: temperature {temperature} is missing from some seeds")
+            rates = {o: [c[o]["rate"] for c in group] for o in ("win", "tie", "loss")}
+            diff = [w - loss for w, loss in zip(rates["win"], rates["loss"], strict=True)]
+            gap = t_interval(diff)
+            rows.append(
+                {
+                    "temperature": temperature,
+                    "prompts": [c["n"] for c in group],
+                    **{o: {**t_interval(v), "per_seed": v} for o, v in rates.items()},
+                    "win_minus_loss": {**gap, "per_seed": diff, "verdict": verdict(gap, True)},
+                }
+            )
+        out[model] = {"baseline": studies[0].get("baseline", "sft"), "temperatures": rows}
+    return out
+
+
+def _curve_rows(name: str, spec: SuiteSpec, vruns: Sequence[SuiteRun], hit: Hit, client: Any, dvc_yaml: Path) -> Any:
+    """Each metric's history in every replicate (every run's seed, and the stage's own _s<k> replicates), and its
+    change from the first logged value to the last with its t interval across the replicates."""
+    assert spec.curves is not None
+    series: dict[str, list[dict[str, Any]]] = {m: [] for m in spec.curves.metrics}
+    for run in vruns:
+        for address in targets(spec, run.params, dvc_yaml):
+            mlflow_run = hit(run, address)
+            for metric in spec.curves.metrics:
+                # several values at one step (a retried log) keep the last written
+                points = sorted(
+                    (m.step, m.timestamp, m.value) for m in client.get_metric_history(mlflow_run.info.run_id, metric)
+                )
+                if not points:
+                    raise ConfigError(
+                        f"suite {name}: MLflow run {mlflow_run.info.run_id} ({address}) logged no {metric}"
+                    )
+                by_step = {step: value for step, _, value in points}
+                series[metric].append(
+                    {"replicate": f"{run.name}:{address}", "steps": list(by_step), "values": list(by_step.values())}
+                )
+    _too_few(name, series, "a curve's change")
+    rows = {}
+    for metric, curves in series.items():
+        change = [c["values"][-1] - c["values"][0] for c in curves]
+        gap = t_interval(change)
+        rows[metric] = {
+            "first": t_interval([c["values"][0] for c in curves]),
+            "last": t_interval([c["values"][-1] for c in curves]),
+            "change": {
+                **gap,
+                "per_seed": change,
+                "verdict": {"better": "rises", "worse": "falls"}.get(verdict(gap, True), "within"),
+            },
+            "series": curves,
+        }
+    return rows
 
 
 def suite_table(
     name: str, spec: SuiteSpec, runs: Sequence[SuiteRun], index: RunIndex, client: Any, dvc_yaml: Path
 ) -> dict[str, Any]:
-    """Each variant's models against the baseline, across every seed replicate of every run of the variant, from
-    the evaluations' metrics files logged in MLflow (``run_stage`` logs them)."""
+    """The suite's rows for each variant, from the metrics files and metric histories its stages logged in MLflow
+    (``run_stage`` logs them): its models' gains over the baseline, their win rates, or a stage's curves."""
 
     variants: dict[str, list[SuiteRun]] = {}
     for run in runs:
@@ -408,71 +559,65 @@ def suite_table(
         )
     sources: dict[str, dict[str, Any]] = {}
 
-    def report(run: SuiteRun, model: str) -> dict[str, Any]:
-        hit = hits[(run.name, f"evaluate@{model}")]
-        sources[f"{run.name}:evaluate@{model}"] = {
-            "run_id": hit.info.run_id,
-            "commit": hit.data.tags.get("mlflow.source.git.commit"),
+    def hit(run: SuiteRun, address: str) -> Any:
+        found = hits[(run.name, address)]
+        sources[f"{run.name}:{address}"] = {
+            "run_id": found.info.run_id,
+            "commit": found.data.tags.get("mlflow.source.git.commit"),
         }
-        return _artifact_report(client, hit, model)
+        return found
 
-    rows = {}
-    for variant, vruns in variants.items():
-        reports = {m: [report(r, k) for r in vruns for k in replicates(m, r.params, dvc_yaml)] for m in spec.models}
-        few = [m for m, reps in reports.items() if len(reps) < 2]
-        if few:
-            raise ConfigError(
-                f"suite {name}: {', '.join(few)}: a gain across seeds needs 2 or more replicates; give the suite "
-                "more seeds"
-            )
-        metrics = {spec.baseline: report(vruns[0], spec.baseline), **{m: reps[0] for m, reps in reports.items()}}
-        rows[variant] = compare_models(metrics, spec.baseline, None, reports)
+    build = {"metrics": _metric_rows, "winrate": _winrate_rows, "curves": _curve_rows}[spec.kind]
     return {
         "suite": name,
+        "kind": spec.kind,
         "description": spec.description,
         "baseline": spec.baseline,
-        "variants": rows,
+        "variants": {variant: build(name, spec, vruns, hit, client, dvc_yaml) for variant, vruns in variants.items()},
         "paper": {v: r.model_dump() for v, r in spec.paper.items()},
         "sources": sources,
     }
 
 
-def trend_holds(cited: Mapping[str, Any], gains: Mapping[str, Mapping[str, Any]]) -> str:
-    """Whether our seed-replicate gain in the cited metric gets the verdict the paper's finding implies; empty
-    where the paper gives no direction."""
+def trend_holds(cited: Mapping[str, Any], got: str, label: str) -> str:
+    """Whether our verdict (``got``, of the quantity ``label`` names) is the one the paper's finding implies;
+    empty where the paper gives no direction."""
     if cited.get("trend") is None:
         return ""
-    got = gains[cited["metric"]]["verdict"]
-    label = f"{METRICS[cited['metric']][0]} {got}"
-    return f"{'yes' if got == cited['trend'] else 'no'} ({label})"
+    return f"{'yes' if got == cited['trend'] else 'no'} ({label} {got})"
 
 
-def table_markdown(table: Mapping[str, Any]) -> str:
+def _cited(paper: Mapping[str, Any], variant: str, row: str) -> Mapping[str, Any]:
+    """The paper's result for a row: keyed "<variant> / <row>", "<variant>" or "<row>", the first that is there."""
+    return paper.get(f"{variant} / {row}") or paper.get(variant) or paper.get(row) or {}
 
-    baseline = table["baseline"]
-    paper = table["paper"]
+
+def _paper_cells(paper: Mapping[str, Any], cited: Mapping[str, Any], got: str, label: str) -> str:
+    """The paper and holds cells of a row, none when the suite cites no paper."""
+    return f" {cited.get('result', '')} | {trend_holds(cited, got, label)} |" if paper else ""
+
+
+def _header(table: Mapping[str, Any], how: str, columns: Sequence[str]) -> list[str]:
+    paper = bool(table["paper"])
     out = [f"# Suite `{table['suite']}`", ""]
     if table["description"]:
         out += [table["description"], ""]
-    out += [
+    holds = " paper: the paper's result for the row; holds: whether ours gets the verdict the paper's finding implies."
+    out += [how + (holds if paper else "") + " Built from MLflow by `motionpref suite report`.", ""]
+    columns = [*columns, *(("paper", "holds") if paper else ())]
+    return [*out, "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
+    baseline, paper = table["baseline"], table["paper"]
+    out = _header(
+        table,
         "Test split, first samples. R@1 and FID: each model's first seed replicate (mean over the evaluation's "
         f"replications); each Δ is the gain over `{baseline}` on the same captions, crops and batches (a mean paired "
         "difference per seed replicate), mean ± 95% Student t interval across the replicates; ▲ better or ▼ worse "
-        "only when the interval excludes 0."
-        + (
-            " paper: the paper's result for the row; holds: whether our gain gets the verdict the paper's finding "
-            "implies."
-            if paper
-            else ""
-        )
-        + " Built from MLflow by `motionpref suite report`.",
-        "",
-        "| variant | model | seeds | R@1 | FID | "
-        + " | ".join(f"Δ {METRICS[m][0]}" for m in PAIRED)
-        + " | p (Δ R@1) |"
-        + (" paper | holds |" if paper else ""),
-        "|---|---|---:|---:|---:|" + "---:|" * len(PAIRED) + "---:|" + ("---|---|" if paper else ""),
-    ]
+        "only when the interval excludes 0.",
+        ["variant", "model", "seeds", "R@1", "FID", *(f"Δ {METRICS[m][0]}" for m in PAIRED), "p (Δ R@1)"],
+    )
     for variant, comparison in table["variants"].items():
         base = comparison["metrics"][baseline]
         out.append(
@@ -481,30 +626,96 @@ def table_markdown(table: Mapping[str, Any]) -> str:
             + (" | |" if paper else "")
         )
         for model, gains in comparison["seed_gains"].items():
-            cited = paper.get(f"{variant} / {model}") or paper.get(variant) or paper.get(model) or {}
             r1 = gains["r_precision_top1"]
             own = comparison["metrics"][model]
+            cited = _cited(paper, variant, model)
+            metric = cited.get("metric", "r_precision_top1")
             out.append(
                 f"| {variant} | {model} | {len(r1['per_seed'])} | {own['r_precision_top1']['mean']:.3f} | "
                 f"{own['fid']['mean']:.3f} | "
                 + " | ".join(signed(gains[m]) for m in PAIRED)
                 + f" | {r1['p']:.3f} |"
-                + (f" {cited.get('result', '')} | {trend_holds(cited, gains)} |" if paper else "")
+                + _paper_cells(paper, cited, gains[metric]["verdict"], METRICS[metric][0])
             )
-    return "\n".join(out) + "\n"
+    return out
 
 
-def gain_figure(table: Mapping[str, Any], key: str, values: Sequence[Any], path: Path) -> None:
-    """Each model's R@1 gain over the baseline (mean and 95% t interval across seeds) against the values of the
-    suite's one grid key, as the papers plot an ablation (InstructMotion Fig. 5: beta)."""
+def _winrate_markdown(table: Mapping[str, Any]) -> list[str]:
+    paper = table["paper"]
+    out = _header(
+        table,
+        "Held-out test-program prompts, first samples, judged by the pipeline's labelers (`winrate@<model>`, one study "
+        "per seed): win, tie and loss rates against the model each started from, means across the seeds; win − loss "
+        "is the mean of each study's win rate minus its loss rate ± 95% Student t interval across the seeds; ▲ or ▼ "
+        "only when the interval excludes 0.",
+        ["variant", "model", "against", "temperature", "seeds", "win", "tie", "loss", "win − loss", "p"],
+    )
+    for variant, models in table["variants"].items():
+        for model, row in models.items():
+            for cell in row["temperatures"]:
+                gap = cell["win_minus_loss"]
+                out.append(
+                    f"| {variant} | {model} | {row['baseline']} | {cell['temperature']:g} | {gap['n']} | "
+                    + " | ".join(f"{100 * cell[o]['mean']:.1f}%" for o in ("win", "tie", "loss"))
+                    + f" | {signed(gap)} | {gap['p']:.3f} |"
+                    + _paper_cells(paper, _cited(paper, variant, model), gap["verdict"], "win − loss")
+                )
+    return out
+
+
+def _curves_markdown(table: Mapping[str, Any]) -> list[str]:
+    paper = table["paper"]
+    out = _header(
+        table,
+        "Training curves as the stage logged them to MLflow, every seed replicate: the first and last logged values "
+        "(means across the replicates) and the change from first to last, mean ± 95% Student t interval across the "
+        "replicates; ▲ rises or ▼ falls only when the interval excludes 0. The figure draws every replicate.",
+        ["variant", "metric", "replicates", "steps", "first", "last", "last − first", "p"],
+    )
+    for variant, metrics in table["variants"].items():
+        for metric, row in metrics.items():
+            change = row["change"]
+            steps = sorted({len(c["steps"]) for c in row["series"]})
+            out.append(
+                f"| {variant} | {metric} | {change['n']} | {'/'.join(map(str, steps))} | {row['first']['mean']:.3f} | "
+                f"{row['last']['mean']:.3f} | {signed(change)} | {change['p']:.3f} |"
+                + _paper_cells(paper, _cited(paper, variant, metric), change["verdict"], "last − first")
+            )
+    return out
+
+
+def table_markdown(table: Mapping[str, Any]) -> str:
+    kind = table.get("kind", "metrics")
+    lines = {"metrics": _metrics_markdown, "winrate": _winrate_markdown, "curves": _curves_markdown}[kind](table)
+    return "\n".join(lines) + "\n"
+
+
+def _figure(panels: int) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.2), dpi=120, squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     from motionpref.io import write_bytes
 
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def gain_figure(table: Mapping[str, Any], key: str, values: Sequence[Any], path: Path) -> None:
+    """Each model's R@1 gain over the baseline (mean and 95% t interval across seeds) against the values of the
+    suite's one grid key, as the papers plot an ablation (InstructMotion Fig. 5: beta)."""
+    fig, (ax,) = _figure(1)
     variants = list(table["variants"].values())
     for model in variants[0]["seed_gains"]:
         gains = [v["seed_gains"][model]["r_precision_top1"] for v in variants]
@@ -516,22 +727,78 @@ def gain_figure(table: Mapping[str, Any], key: str, values: Sequence[Any], path:
     ax.set_ylabel(f"Δ R@1 over {table['baseline']}")
     ax.set_title(f"suite {table['suite']}")
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    _save(fig, path)
+
+
+def _label(table: Mapping[str, Any], variant: str, row: str) -> str:
+    return row if len(table["variants"]) == 1 else f"{variant}: {row}"
+
+
+def winrate_figure(table: Mapping[str, Any], path: Path) -> None:
+    """Win (solid) and loss (dashed) rates against temperature, mean and 95% t interval across seeds, as
+    InstructMotion's Fig. 3 plots its win rates."""
+    fig, (ax,) = _figure(1)
+    for variant, models in table["variants"].items():
+        for model, row in models.items():
+            cells = row["temperatures"]
+            x = [c["temperature"] for c in cells]
+            line = ax.errorbar(
+                x,
+                [c["win"]["mean"] for c in cells],
+                yerr=[c["win"]["ci95"] for c in cells],
+                marker="o",
+                capsize=3,
+                label=f"{_label(table, variant, model)} wins",
+            )
+            ax.errorbar(
+                x,
+                [c["loss"]["mean"] for c in cells],
+                yerr=[c["loss"]["ci95"] for c in cells],
+                marker="s",
+                capsize=3,
+                ls="--",
+                color=line[0].get_color(),
+                label=f"{_label(table, variant, model)} loses",
+            )
+    ax.set_xlabel("temperature")
+    ax.set_ylabel("share of prompts")
+    ax.set_title(f"suite {table['suite']}")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def curves_figure(table: Mapping[str, Any], path: Path) -> None:
+    """One panel per metric, every replicate's curve against its step."""
+    metrics = list(next(iter(table["variants"].values())))
+    fig, axes = _figure(len(metrics))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for variant, rows in table["variants"].items():
+            for curve in rows[metric]["series"]:
+                ax.plot(
+                    curve["steps"],
+                    curve["values"],
+                    marker=".",
+                    lw=1,
+                    label=_label(table, variant, curve["replicate"].split(":")[-1]),
+                )
+        ax.set_xlabel("step")
+        ax.set_title(metric)
+    axes[0].legend(fontsize=6)
+    _save(fig, path)
 
 
 def write_table(root: Path, table: Mapping[str, Any], spec: SuiteSpec) -> Path:
-    """reports/tables/<suite>.{json,md}, and .png where the suite is a paper's figure over one numeric key."""
+    """reports/tables/<suite>.{json,md}, and .png where the suite is a paper's figure: a metrics suite over one
+    numeric key, every win-rate and curves suite."""
     from motionpref.io import write_json, write_text
 
     md = root / TABLES_DIR / f"{table['suite']}.md"
-    if spec.figure:
-        if len(spec.grid) != 1 or not all(isinstance(v, int | float) for v in next(iter(spec.grid.values()))):
-            raise ConfigError(f"{SUITES_FILE}: suites.{table['suite']}.figure: needs one grid key of numbers")
-        ((key, values),) = spec.grid.items()
+    if spec.kind == "winrate":
+        winrate_figure(table, md.with_suffix(".png"))
+    elif spec.kind == "curves":
+        curves_figure(table, md.with_suffix(".png"))
+    elif spec.figure:
+        ((key, values),) = spec.grid.items()  # SuiteSpec checked: one key of numbers
         gain_figure(table, key, values, md.with_suffix(".png"))
     write_json(md.with_suffix(".json"), table)
     write_text(md, table_markdown(table))

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from motionpref.evaluate.metrics import SampleFn, confidence_interval, split_samples
-from motionpref.motion.features import recover_joints
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
 from motionpref.prefs.judges import perceived_quality
 from motionpref.progress import track
-from motionpref.synth.judge import judge, realism
+from motionpref.synth.judge import judge, judged_joints, realism
 from motionpref.synth.programs import Program
 
 
@@ -58,7 +57,7 @@ def judge_samples(
 
 
 def _scores(prompt: JudgedPrompt, features: np.ndarray, skeleton: Skeleton) -> tuple[float, float]:
-    joints = recover_joints(np.asarray(features, np.float32), skeleton)
+    joints = judged_joints(np.asarray(features, np.float32), skeleton)
     return judge(prompt.program, joints), realism(joints)
 
 

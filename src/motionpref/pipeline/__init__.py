@@ -211,8 +211,20 @@ def lineage_params(dvc_yaml: Path, address: str) -> tuple[str, ...]:
     return tuple(sorted(keys - {"profiles"}))  # the selected profile's values are already in the resolved params
 
 
+# params keys added after runs were recorded, at the value that computes what those runs computed: left out of a
+# lineage hash at that value, so that suites keep finding the earlier runs
+HASH_NEUTRAL = {"data.format": "humanml3d"}
+
+
 def lineage_hash(params: Params, dvc_yaml: Path, address: str) -> str:
-    return params_hash({key: _value_at(params, key) for key in lineage_params(dvc_yaml, address)})
+    values = {key: _value_at(params, key) for key in lineage_params(dvc_yaml, address)}
+    for dotted, neutral in HASH_NEUTRAL.items():
+        section, _, name = dotted.rpartition(".")
+        if values.get(dotted, object()) == neutral:
+            del values[dotted]
+        elif isinstance(values.get(section), dict) and values[section].get(name, object()) == neutral:
+            del values[section][name]
+    return params_hash(values)
 
 
 def _covers(declared: list[str], key: str) -> bool:

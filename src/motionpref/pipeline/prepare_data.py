@@ -1,7 +1,8 @@
 """Stage prepare_data: the dataset every later stage reads, in HumanML3D's folder layout.
 
 ``data.source: synthetic`` builds the synthetic world (plus the judge's validation report and a gallery of
-rendered clips); ``humanml3d`` / ``kit`` validate the user's folder and link it in.
+rendered clips) in the layout ``data.format`` names, HumanML3D's or KIT-ML's; ``humanml3d`` / ``kit`` validate the
+user's folder and link it in.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def link_real_dataset(root: Path, link: Path, skeleton_name: str) -> dict[str, i
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     from motionpref.io import write_json
+    from motionpref.motion.skeleton import SKELETONS
     from motionpref.synth.gallery import judge_report, render_gallery, write_judge_report
     from motionpref.synth.world import build_dataset
 
@@ -49,6 +51,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
             n_captions=data.n_captions,
             n_novel=data.n_novel,
             workers=data.workers,
+            skeleton=SKELETONS[data.skeleton_name],
         )
         metrics: dict[str, Any] = {
             "clips": summary.n_clips,

@@ -71,7 +71,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
             store,
         )
     with atomic_dir(ctx.path(previews)) as tmp:
-        names = render_previews(table, ctx.root, tmp, params.pairs.previews)
+        names = render_previews(table, ctx.root, tmp, params.pairs.previews, ctx.dataset(params.data).skeleton)
     table.loc[: len(names) - 1, "preview"] = [f"{previews}/{name}" for name in names]
     write_pairs(table, ctx.path(artifacts.prefs_path(policy, artifacts.PAIRS)))
     write_json(ctx.path(artifacts.prefs_report("pairs_stats", policy)), stats)

@@ -24,7 +24,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     seed = params.stage_seed("train_evaluator")
     metrics: dict[str, Any] = {}
     if cfg.init == "t2m":
-        dataset = "kit" if params.data.source == "kit" else "t2m"
+        dataset = "kit" if params.data.skeleton_name == "kit" else "t2m"
         Evaluator.from_t2m(cfg.checkpoints_dir, cfg.glove_dir, dataset).save(out)  # type: ignore[arg-type]
     else:
         model_config = cfg.model.model_copy(update={"feature_dim": spec.skeleton.feature_dim})

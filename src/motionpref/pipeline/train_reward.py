@@ -20,7 +20,7 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     prefs = read_preferences(prefs_path)
     train = preference_pairs(prefs, "train", source=str(prefs_path))
     val = preference_pairs(prefs, "val", source=str(prefs_path))
-    seed = params.stage_seed("train_reward")
+    seed = params.stage_seed(params.reward.stage_key())
     reward = RewardModel.from_policy(MotionPolicy.load(ctx.path(artifacts.POLICY_SFT)), seed=seed)
     metrics = train_reward(
         reward, train, val, params.reward.train, seed, ctx.path(artifacts.REWARD), ctx.run.log_metric

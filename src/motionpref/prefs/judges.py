@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 
 from motionpref.config import AIFeedbackConfig, LabelsConfig, SimulatedLabelersConfig
-from motionpref.motion.features import recover_joints
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
 from motionpref.prefs.labels import Choice, Degree, Source
-from motionpref.synth.judge import judge, realism
+from motionpref.synth.judge import judge, judged_joints, realism
 from motionpref.synth.programs import Program
 
 if TYPE_CHECKING:  # torch and transformers come with the scorer; the simulated labelers do not need them
@@ -123,7 +122,7 @@ class SimulatedLabelers:
             if f is None:
                 out.append(INVALID)
                 continue
-            joints = recover_joints(f, self.skeleton)
+            joints = judged_joints(f, self.skeleton)
             out.append(Perception(judge(self.programs[i], joints), realism(joints), True))
         return out
 

@@ -26,6 +26,7 @@ from motionpref.progress import track
 
 if TYPE_CHECKING:  # the generator pulls in torch and transformers; reading pair tables should not
     from motionpref.models.generator import MotionGenerator
+    from motionpref.motion.skeleton import Skeleton
 
 PAIRS_SCHEMA = pa.schema(
     [
@@ -165,9 +166,11 @@ def read_pairs(path: Path) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def render_previews(table: pd.DataFrame, root: Path, out_dir: Path, limit: int, size: int = 240) -> list[str]:
-    """Side-by-side GIFs of the first ``limit`` pairs, named ``<pair_id>.gif`` in ``out_dir`` (the labeling app
-    renders the others on demand); returns the file names."""
+def render_previews(
+    table: pd.DataFrame, root: Path, out_dir: Path, limit: int, skeleton: Skeleton, size: int = 240
+) -> list[str]:
+    """Side-by-side GIFs of the first ``limit`` pairs (motions of ``skeleton``), named ``<pair_id>.gif`` in
+    ``out_dir`` (the labeling app renders the others on demand); returns the file names."""
     from motionpref.motion.render import render_side_by_side
 
     names = []
@@ -177,6 +180,7 @@ def render_previews(table: pd.DataFrame, root: Path, out_dir: Path, limit: int, 
             np.load(root / row.features_b, allow_pickle=False),
             out_dir / f"{row.pair_id}.gif",
             caption=row.prompt,
+            skeleton=skeleton,
             size=size,
             every=2,
         )

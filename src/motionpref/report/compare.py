@@ -180,7 +180,7 @@ def _cell(value: Any) -> str:
 
 
 def signed(diff: Mapping[str, Any]) -> str:
-    mark = {"better": " ▲", "worse": " ▼", "within": ""}[diff["verdict"]]
+    mark = {"better": " ▲", "worse": " ▼", "rises": " ▲", "falls": " ▼", "within": ""}[diff["verdict"]]
     return f"{diff['mean']:+.3f} ± {diff['ci95']:.3f}{mark}"
 
 

@@ -12,6 +12,9 @@ segment boundaries searched on a grid around the nominal proportions (robust to 
 
 ``realism`` scores what no program asks for: planted feet that stay put, a floor that holds, bones of constant
 length, smooth (not jittery) motion, a body that moves, and no teleports.
+
+Both read HumanML3D's joints at 20 fps, the body and rate their thresholds are set for; ``judged_joints`` gives
+them those of a motion's features on either skeleton (a KIT-ML motion is retargeted and resampled).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from motionpref.motion.features import recover_joints
+from motionpref.motion.retarget import to_skeleton
+from motionpref.motion.skeleton import HUMANML3D, Skeleton
 from motionpref.synth.animate import (
     AMPLITUDE_FACTOR,
     BOW_DEGREES,
@@ -145,7 +151,10 @@ def _floor(j: np.ndarray, fps: float) -> float:
 def _check(joints: np.ndarray) -> np.ndarray:
     joints = np.asarray(joints, dtype=np.float64)
     if joints.ndim != 3 or joints.shape[1:] != (22, 3):
-        raise ValueError(f"judge: expected joints (T, 22, 3) of the HumanML3D skeleton, got shape {joints.shape}")
+        raise ValueError(
+            f"judge: expected joints (T, 22, 3) of the HumanML3D skeleton (judged_joints gives them for KIT-ML), "
+            f"got shape {joints.shape}"
+        )
     if len(joints) < MIN_FRAMES:
         raise ValueError(f"judge: a clip needs at least {MIN_FRAMES} frames, got {len(joints)}")
     if not np.isfinite(joints).all():
@@ -857,6 +866,12 @@ def _best_split(c: Clip, program: Program) -> Split:
 
 
 MIN_FRAMES = 8  # shorter clips show too little motion to measure; they score 0 (a model may emit one)
+
+
+def judged_joints(features: np.ndarray, skeleton: Skeleton = HUMANML3D) -> np.ndarray:
+    """The joints :func:`judge` and :func:`realism` score for a motion's features (T, D) of ``skeleton``: recovered
+    from them (``recover_joints``), and a KIT-ML motion put on HumanML3D's 22 joints at 20 fps."""
+    return to_skeleton(recover_joints(features, skeleton), skeleton, HUMANML3D)
 
 
 def judge(program: Program, joints: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""The synthetic motion world, written as a dataset folder in HumanML3D's own layout.
+"""The synthetic motion world, written as a dataset folder in HumanML3D's own layout (or KIT-ML's).
 
 ``build_dataset`` samples programs, animates them, extracts the 263-d features and the joints HumanML3D
 stores beside them, captions each clip with paraphrases of its program, and writes::
@@ -16,6 +16,11 @@ source (the release's ``train_val.txt`` lists ``000000 ... M000000 ...``), its j
 joints before feature extraction and its captions the source's with left and right swapped;
 ``Mean.npy``/``Std.npy`` are computed over all clips of ``new_joint_vecs`` (``cal_mean_variance`` reads
 the whole folder), not only the training split.
+
+With ``skeleton=KIT`` the same clips (same programs, animations, captions and splits) are written in KIT-ML's
+layout: each animation is put on KIT-ML's 21 joints at 12.5 fps (``motion.retarget``) before the 251-d features
+are extracted, a mirrored clip mirrors those KIT-ML joints, and the statistics are KIT-ML's. A clip of 40..196
+frames at 20 fps has 25..122 at 12.5 fps, inside the 24..196 the KIT-ML loaders keep.
 
 Every clip draws its randomness from its own ``SeedSequence(seed, spawn_key=(1, i))``, so a build is
 byte-identical whatever the number of workers. The folder is built beside ``root`` and renamed into
@@ -45,7 +50,8 @@ from motionpref.motion.dataset import (
     write_stats,
 )
 from motionpref.motion.features import features_and_joints
-from motionpref.motion.skeleton import HUMANML3D, mirror_joints
+from motionpref.motion.retarget import to_skeleton
+from motionpref.motion.skeleton import HUMANML3D, Skeleton, mirror_joints
 from motionpref.motion.text import mirror_caption
 from motionpref.progress import track
 from motionpref.synth.animate import animate
@@ -91,6 +97,7 @@ class _ClipJob:
     max_segments: int
     segment_probs: tuple[float, ...]
     max_frames: int
+    skeleton: Skeleton
 
 
 @dataclass
@@ -116,32 +123,35 @@ def _build_clip(job: _ClipJob) -> _ClipResult:
         program = sample_program(program_rng, job.max_segments, job.segment_probs, job.max_frames, split=job.novelty)
         t1 = time.perf_counter()
         joints = animate(program, animate_rng)
-        t2 = time.perf_counter()
-        features, canonical = features_and_joints(joints, HUMANML3D)
         seconds["program"] += t1 - t0
-        seconds["animate"] += t2 - t1
-        seconds["features"] += time.perf_counter() - t2
-        # The loaders drop clips outside 40..196 frames; draw again rather than write a clip nobody reads.
-        if MIN_FRAMES <= len(features) <= MAX_FRAMES:
+        seconds["animate"] += time.perf_counter() - t1
+        # HumanML3D's loaders drop clips outside 40..196 feature frames (T joint frames give T - 1); draw again rather
+        # than write a clip nobody reads. Tested on the 20 fps animation in either layout, so both hold the same clips.
+        if MIN_FRAMES <= len(joints) - 1 <= MAX_FRAMES:
             break
     else:
         raise RuntimeError(
             f"clip {job.index}: {_ANIMATION_TRIES} animations in a row fell outside "
-            f"{MIN_FRAMES}..{MAX_FRAMES} feature frames (last: {program.key()} with {len(features)} frames)"
+            f"{MIN_FRAMES}..{MAX_FRAMES} feature frames (last: {program.key()} with {len(joints) - 1} frames)"
         )
+    t0 = time.perf_counter()
+    body = to_skeleton(joints, HUMANML3D, job.skeleton)
+    features, canonical = features_and_joints(body, job.skeleton)
+    seconds["features"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     captions = captions_for(program, caption_rng, job.n_captions)
     t1 = time.perf_counter()
     clip_id = f"{job.index:06d}"
-    write_clip(job.out, clip_id, features, canonical, captions)
+    write_clip(job.out, clip_id, features, canonical, captions, job.skeleton)
     seconds["captions"] += t1 - t0
     seconds["write"] += time.perf_counter() - t1
     out = [features]
     if job.mirror:
         t0 = time.perf_counter()
-        m_features, m_canonical = features_and_joints(mirror_joints(joints, HUMANML3D), HUMANML3D)
+        m_features, m_canonical = features_and_joints(mirror_joints(body, job.skeleton), job.skeleton)
         t1 = time.perf_counter()
-        write_clip(job.out, MIRROR_PREFIX + clip_id, m_features, m_canonical, [mirror_caption(c) for c in captions])
+        m_captions = [mirror_caption(c) for c in captions]
+        write_clip(job.out, MIRROR_PREFIX + clip_id, m_features, m_canonical, m_captions, job.skeleton)
         seconds["features"] += t1 - t0
         seconds["write"] += time.perf_counter() - t1
         out.append(m_features)
@@ -201,11 +211,13 @@ def build_dataset(
     max_segments: int = MAX_SEGMENTS,
     segment_probs: Sequence[float] = SEGMENT_PROBS,
     max_frames: int = MAX_NOMINAL_FRAMES,
+    skeleton: Skeleton = HUMANML3D,
 ) -> WorldSummary:
     """Build the synthetic dataset at ``root`` (replacing an earlier build there) and summarise it.
 
     ``novelty`` defaults to ``NoveltySplit.from_seed(seed)``; no clip's program contains one of its
     held-out combinations, and ``n_novel`` programs that do are written to ``novel_programs.jsonl``.
+    ``skeleton`` picks the layout: HumanML3D's, or KIT-ML's (``skeleton.KIT``).
     """
     if n_clips < 3:
         raise ValueError(f"n_clips must be at least 3 (one clip per split), got {n_clips}")
@@ -218,7 +230,9 @@ def build_dataset(
     start = time.perf_counter()
     with atomic_dir(root) as tmp:
         jobs = [
-            _ClipJob(i, seed, str(tmp), novelty, n_captions, mirror, max_segments, tuple(segment_probs), max_frames)
+            _ClipJob(
+                i, seed, str(tmp), novelty, n_captions, mirror, max_segments, tuple(segment_probs), max_frames, skeleton
+            )
             for i in range(n_clips)
         ]
         results = _run_jobs(jobs, workers)
@@ -226,7 +240,7 @@ def build_dataset(
 
         t0 = time.perf_counter()
         features = [f for r in results for f in r.features]
-        write_stats(tmp, *compute_mean_std(features, HUMANML3D))
+        write_stats(tmp, *compute_mean_std(features, skeleton))
         seconds["stats"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -236,7 +250,7 @@ def build_dataset(
         seconds["metadata"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        validate_dataset(tmp, HUMANML3D)
+        validate_dataset(tmp, skeleton)
         seconds["validate"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - start
     return WorldSummary(

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from motionpref.config import DiffusionAlgoConfig, DiffusionSamplingConfig, DiffusionTrainConfig
+from motionpref.distributed import average_gradients, shared_rows
 from motionpref.models.diffusion import DiffusionPolicy, MLDPolicy, denoising_losses, lengths_to_mask
 from motionpref.models.retrieval import RetrievalModel, cosine_to_score
 from motionpref.motion.dataset import Entry
@@ -250,15 +251,27 @@ class _Finetune:
 
     def online_samples(self, model: DiffusionPolicy, captions: list[str], lengths: list[int], k: int) -> Tensor:
         """(B, K, T, D) normalised samples of ``model``, K per caption at the caption's length (timed: the
-        preference-generation cost of SoPo's and MoDiPO's Table 1)."""
+        preference-generation cost of SoPo's and MoDiPO's Table 1). Under ``accelerate launch`` each process
+        draws its share of the B x K samples and every process gets them all: each is drawn from its own seed,
+        so they are the samples one process draws (sampling is nearly all of a step's work; the update that
+        follows is replicated)."""
         begin = time.perf_counter()
         seeds = [self.rng.randrange(2**31) for _ in range(len(captions) * k)]
-        x = model.sample(
-            [c for c in captions for _ in range(k)],
-            [n for n in lengths for _ in range(k)],
-            self.data.sampling,
-            seeds=seeds,
-        )
+        flat_captions = [c for c in captions for _ in range(k)]
+        flat_lengths = [n for n in lengths for _ in range(k)]
+        accel = self.job.accelerator
+        if accel.num_processes == 1:
+            x = model.sample(flat_captions, flat_lengths, self.data.sampling, seeds=seeds)
+        else:
+
+            def draw(rows: list[int]) -> list[Tensor]:
+                mine = [flat_lengths[i] for i in rows]
+                out = model.sample(
+                    [flat_captions[i] for i in rows], mine, self.data.sampling, seeds=[seeds[i] for i in rows]
+                )
+                return [out[j, :n].cpu() for j, n in enumerate(mine)]
+
+            x = pad(shared_rows(len(seeds), draw, accel))[0].to(model.device)
         self.sampling_seconds += time.perf_counter() - begin
         return x.view(len(captions), k, *x.shape[1:])
 
@@ -301,13 +314,15 @@ class _Finetune:
     def update(self, loss: Tensor) -> None:
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.params, self.job.accelerator)
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimiser.step()
         self.step += 1
 
     def finish(self) -> None:
         self.policy.requires_grad_(True).eval()
-        self.policy.save(self.job.out_dir)
+        if self.job.accelerator.is_main_process:
+            self.policy.save(self.job.out_dir)
 
 
 def _log_all(

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.distributed_fixtures import project  # noqa: F401 (the two-process tests' shared smoke project)
+
 # Real CMU motion capture (a walk in BVH, a kick in ASF/AMC); license and notice in its README.
 CMU_DIR = Path(__file__).resolve().parent / "fixtures" / "cmu"
 CMU_WALK = CMU_DIR / "12_01_walk.bvh"

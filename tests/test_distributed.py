@@ -18,14 +18,7 @@ from motionpref.distributed import launch_command, shards, share, share_to_train
 from motionpref.models.policy import MotionPolicy
 from motionpref.pipeline import run_stage
 from motionpref.tracking import flatten
-from tests.conftest import CMU_DIR
-
-ROOT = Path(__file__).resolve().parents[1]
-# Float sums run in another order when a batch is split (each process sums its rows, then gloo sums the processes),
-# so the two runs agree to rounding, carried through a few AdamW steps: far inside these bounds. A sharding bug (a
-# row lost or counted twice, a wrong weight) moves the first step's loss by whole percents.
-LOSS_RTOL = 1e-4
-WEIGHT_ATOL = 1e-4
+from tests.distributed_fixtures import LOSS_RTOL, WEIGHT_ATOL
 
 
 class _Batch:
@@ -47,10 +40,10 @@ def test_shares_cover_a_batch_once_in_order(n: int, processes: int) -> None:
 def test_which_stages_shard_and_how_they_launch() -> None:
     assert shards("train_policy", None) and shards("finetune", "dpo") and shards("finetune", "dpo_s2")
     assert shards("evaluate", "sft") and shards("evaluate", "mdm") and not shards("evaluate", "gt")
-    assert (
-        shards("finetune", "mdm_sopo") and shards("finetune", "mld_sopo_s1") and shards("finetune", "mdm_modipo_online")
-    )
-    assert not shards("finetune", "sopo") and not shards("finetune", "mdm_dpo") and not shards("label", "sft")
+    for name, item in [("train_vqvae", None), ("train_diffusion", "mld"), ("sample_pairs", "mdm"), ("winrate", "dpo")]:
+        assert shards(name, item)
+    assert shards("finetune", "mdm_sopo") and shards("finetune", "sopo_s1") and shards("finetune", "mdm_dpo")
+    assert not shards("label", "sft") and not shards("prepare_data", None) and not shards("report", None)
     cmd = launch_command(LaunchConfig(processes=2), "motionpref.pipeline.train_policy", ["--params", "p.yaml"])
     # torchrun's launcher, even on a CPU: `--cpu` would make accelerate start one process
     assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd and "--cpu" not in cmd
@@ -60,39 +53,6 @@ def test_which_stages_shard_and_how_they_launch() -> None:
     assert bf16[bf16.index("--mixed_precision") + 1] == ("bf16" if torch.cuda.is_available() else "no")
     nodes = launch_command(LaunchConfig(config_file=Path("nodes.yaml")), "m", [])
     assert nodes[nodes.index("--config_file") + 1] == "nodes.yaml" and "--num_processes" not in nodes
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smoke pipeline up to the preference table and the evaluator, in one process; dropout off (its masks are
-    drawn per process, which no process count reproduces) and DPO's epoch picked by its validation loss."""
-    root = tmp_path_factory.mktemp("distributed")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    params["data"]["cmu_dir"] = str(CMU_DIR)
-    params["policy"]["model"]["dropout"] = 0.0
-    params["algo"]["lora"]["dropout"] = 0.0
-    params["algo"]["dpo"].update(select_by="val_loss", epochs=2)
-    params["profiles"]["smoke"]["algo"]["dpo"]["epochs"] = 2
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    (root / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.delenv("DVC_ROOT", raising=False)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for name, item in [
-            ("prepare_data", None),
-            ("train_vqvae", None),
-            ("train_evaluator", None),
-            ("train_retrieval", None),
-            ("train_policy", None),
-            ("generate_prompts", None),
-            ("sample_pairs", "sft"),
-            ("label", "sft"),
-            ("ingest_labels", "sft"),
-        ]:
-            run_stage(name, root / "params.yaml", item=item)
-    return root
 
 
 def _launched(project: Path, name: str, item: str | None, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[float]]:

@@ -9,7 +9,7 @@ weighted so that DDP's mean of the gradients is the gradient of the whole batch'
 train the same model, up to float rounding. Dropout masks are drawn per process, so with dropout on the runs are
 two draws of the same training, not the same numbers.
 
-Stages whose code shards (``shards``) are launched so; any other stage runs in one process whatever the param.
+Stages that train or sample (``shards``) are launched so; any other stage runs in one process whatever the param.
 """
 
 from __future__ import annotations
@@ -40,20 +40,27 @@ class HasModel(Protocol):
     model: Any
 
 
-# the finetuning algorithms whose loops shard their batches (the DPO family, with its seed replicates), or their
-# online samples (SoPo and MoDiPO on the diffusion policies)
-SHARDED_ALGORITHMS = ("dpo", "mdm_sopo", "mld_sopo", "mdm_modipo", "mdm_modipo_online", "mld_modipo")
+# the stages that train or sample: each splits its work across launched processes; the others (reading, labelling,
+# ingesting, reporting) run in one process whatever the param
+SHARDED_STAGES = frozenset(
+    {
+        "train_vqvae",
+        "train_evaluator",
+        "train_retrieval",
+        "train_policy",
+        "train_diffusion",
+        "train_reward",
+        "sample_pairs",
+        "finetune",
+        "evaluate",
+        "winrate",
+    }
+)
 
 
 def shards(name: str, item: str | None) -> bool:
     """Whether stage ``name`` (item ``item``) splits its work across launched processes."""
-    if name == "train_policy":
-        return True
-    if name == "evaluate":
-        return item != "gt"  # the real motions are read, not sampled
-    if name == "finetune" and item is not None:
-        return item.rpartition("_s")[0] in SHARDED_ALGORITHMS or item in SHARDED_ALGORITHMS
-    return False
+    return name in SHARDED_STAGES and not (name == "evaluate" and item == "gt")  # gt's motions are read, not sampled
 
 
 LAUNCHED = "MOTIONPREF_LAUNCHED"  # set in the launched processes' environment: they must not launch again
@@ -174,26 +181,22 @@ def bare_model(policy: M, accel: Accelerator) -> Iterator[M]:
 
 def sharded_sample_fn(sample_fn: SampleFn, accel: Accelerator) -> SampleFn:
     """``sample_fn`` (``evaluate.metrics``' sampler) with each call's captions shared across the launched processes
-    and the motions gathered back in order, so that every process holds the whole answer. Each motion is drawn from
-    its own seed, so the answer is the one a single process gives."""
+    (``shared_rows``), so that every process holds the whole answer, retried samples included. Each motion is drawn
+    from its own seed, so the answer is the one a single process gives."""
     if accel.num_processes == 1:
         return sample_fn
-    from accelerate.utils import gather_object
 
     def sample(captions: list[str], lengths: list[int], seeds: list[int]) -> Sampled:
-        rows = share(range(len(captions)), accel)
-        first: list[np.ndarray] = []
-        retried: dict[int, np.ndarray] | None = None
-        if rows:
+        def compute(rows: list[int]) -> list[tuple[np.ndarray, bool, np.ndarray | None]]:
             out = sample_fn(*([column[i] for i in rows] for column in (captions, lengths, seeds)))
             first, again = out if isinstance(out, tuple) else (out, None)
-            retried = None if again is None else {rows[0] + i: m for i, m in again.items()}
-        parts = gather_object([(len(rows), first, retried)])
-        answered = [(f, r) for n, f, r in parts if n]
-        motions = [m for f, _ in answered for m in f]
-        if all(r is None for _, r in answered):
+            return [(m, again is not None, None if again is None else again.get(j)) for j, m in enumerate(first)]
+
+        answered = shared_rows(len(captions), compute, accel)
+        motions = [m for m, _, _ in answered]
+        if not any(retries for _, retries, _ in answered):
             return motions
-        return motions, {i: m for _, r in answered for i, m in (r or {}).items()}
+        return motions, {i: m for i, (_, _, m) in enumerate(answered) if m is not None}
 
     return sample
 
@@ -227,3 +230,83 @@ def average_gradients(params: Sequence[Any], accel: Accelerator) -> None:
 def reduce_counter(counter: dict[str, int], keys: Sequence[str], accel: Accelerator) -> dict[str, int]:
     """``counter``'s ``keys`` summed over processes (every process passes the same keys, in the same order)."""
     return {key: int(reduce_sum(counter.get(key, 0), accel)) for key in keys}
+
+
+def gather_rows(part: Any, counted: bool, accel: Accelerator) -> Any:
+    """A batch tensor's rows (dim 0) of every process's share (``share_to_train``'s ``part`` and ``counted``),
+    gathered in order on the CPU and detached, a stand-in's rows left out: the whole batch's values for metrics
+    that are not means of means. The tensor itself in one process, so that those metrics are what they were."""
+    if accel.num_processes == 1:
+        return part
+    import torch
+    from accelerate.utils import gather_object
+
+    parts = gather_object([part.detach().cpu() if counted else None])
+    return torch.cat([p for p in parts if p is not None])
+
+
+def gather_with_grad(part: Any, n: int, accel: Accelerator) -> Any:
+    """The whole batch of ``n`` rows (dim 0) from every process's share of it (``share``'s layout; a stand-in row
+    of a process without a share is left out), in order, with autograd: for a loss that pairs each row with the
+    batch's other rows (contrastive negatives). Every process then computes the whole batch's loss, weighted 1:
+    the backward sums every process's copy of the loss into each process's own rows (the process count times one
+    copy's gradient), and averaging the parameters' gradients over the processes (DDP, ``average_gradients``)
+    divides that count out again, leaving the one-process gradient. The tensor itself in one process."""
+    if accel.num_processes == 1:
+        return part
+    import torch
+    import torch.distributed as dist
+
+    world, rank = accel.num_processes, accel.process_index
+    sizes = [n // world + (k < n % world) for k in range(world)]
+    begin = sum(sizes[:rank])
+
+    class Gather(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, rows: torch.Tensor) -> torch.Tensor:
+            padded = rows.new_zeros((max(sizes), *rows.shape[1:]))  # all_gather takes tensors of one shape
+            padded[: len(rows)] = rows
+            parts = [torch.empty_like(padded) for _ in sizes]
+            dist.all_gather(parts, padded)
+            return torch.cat([p[:size] for p, size in zip(parts, sizes, strict=True)])
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            summed = grad.clone(memory_format=torch.contiguous_format)
+            dist.all_reduce(summed)  # every process's copy of the loss reaches these rows
+            return summed[begin : begin + sizes[rank]]
+
+    return Gather.apply(part[: sizes[rank]])
+
+
+G = TypeVar("G")
+
+
+def sharded_generator(generator: G, accel: Accelerator) -> G:
+    """``generator`` (a ``models.generator.MotionGenerator`` or a diffusion one) with the captions of each
+    ``generate(captions, seeds, ...)`` call shared across the launched processes and its ``Generation`` (lists
+    of one item per caption) gathered back in order, so that every process holds the whole answer, retries
+    included. Each motion is drawn from its own seed, so the answer is the one a single process gives. The
+    generator itself in one process."""
+    if accel.num_processes == 1:
+        return generator
+    return _ShardedGenerator(generator, accel)  # type: ignore[return-value]
+
+
+class _ShardedGenerator:
+    def __init__(self, generator: Any, accel: Accelerator) -> None:
+        self._generator, self._accel = generator, accel
+
+    def __getattr__(self, name: str) -> Any:  # all but generate is the generator's own
+        return getattr(self._generator, name)
+
+    def generate(self, captions: Sequence[str], seeds: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+        from dataclasses import fields, replace
+
+        from accelerate.utils import gather_object
+
+        rows = share(range(len(captions)), self._accel)
+        # a process left without captions answers an empty Generation: the gather still needs its part
+        mine = self._generator.generate([captions[i] for i in rows], [seeds[i] for i in rows], *args, **kwargs)
+        parts = gather_object([mine])
+        return replace(mine, **{f.name: [x for part in parts for x in getattr(part, f.name)] for f in fields(mine)})

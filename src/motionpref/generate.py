@@ -257,11 +257,10 @@ def qualitative_grid(
         raise ValueError(f"--captions: expected at least 1 prompt, got {n_captions}")
     models = list(dict.fromkeys(models))
     prompts_path = root / artifacts.PROMPTS
-    chosen = held_out_prompts(
-        read_prompts(prompts_path), n_captions, params.stage_seed("qualitative"), str(prompts_path)
-    )
+    qualitative_seed = params.stage_seed("qualitative")
+    chosen = held_out_prompts(read_prompts(prompts_path), n_captions, qualitative_seed, str(prompts_path))
     spec, generators = _load(root, params, models, out)
-    seeds = prompt_seeds(params.stage_seed("qualitative"), chosen["prompt_id"].tolist())
+    seeds = prompt_seeds(qualitative_seed, chosen["prompt_id"].tolist())
     blocks = []
     for k, (text, program_json, seed) in enumerate(zip(chosen["text"], chosen["program"], seeds, strict=True)):
         log(f"prompt {k + 1}/{len(chosen)}: {text}")

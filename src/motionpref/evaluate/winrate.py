@@ -191,7 +191,9 @@ def winrate_study(
     """Every finetuned model against the supervised one at every temperature, on ``prompts`` (prompt_id, text).
 
     Each prompt has one seed, used by every model at every temperature, and the supervised samples of a
-    temperature are drawn and judged once for all the finetuned models."""
+    temperature are drawn and judged once for all the finetuned models. Each motion depends on its prompt and
+    seed alone, so samplers that share the prompts across processes (``distributed.sharded_generator``) give
+    every process this study."""
     if not finetuned:
         raise ValueError("no finetuned model to compare with the supervised one")
     texts = list(prompts["text"])

@@ -393,17 +393,19 @@ class MldVae(nn.Module):
         self.final_layer = nn.Linear(d, config.feature_dim)
 
     def encode(
-        self, features: Tensor, mask: Tensor, generator: torch.Generator | None = None
+        self, features: Tensor, mask: Tensor, generator: torch.Generator | None = None, noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """features (B, T, F), mask (B, T) -> a sampled latent, mu and log-variance, each (B, latent_size, d)."""
+        """features (B, T, F), mask (B, T) -> a sampled latent, mu and log-variance, each (B, latent_size, d).
+        ``noise`` is the sample's standard normal draw (drawn from ``generator`` when None)."""
         batch = features.shape[0]
         tokens = self.global_motion_token.expand(batch, -1, -1)
         seq = self.query_pos_encoder(torch.cat([tokens, self.skel_embedding(features)], dim=1))
         padding = torch.cat([torch.zeros(batch, tokens.shape[1], dtype=torch.bool, device=mask.device), ~mask], 1)
         dist = self.encoder(seq, key_padding_mask=padding)[:, : tokens.shape[1]]
         mu, logvar = dist[:, : self.latent_size], dist[:, self.latent_size :]
-        noise = torch.randn(mu.shape, generator=generator, device=_generator_device(generator)).to(mu)
-        return mu + logvar.exp().sqrt() * noise, mu, logvar
+        if noise is None:
+            noise = torch.randn(mu.shape, generator=generator, device=_generator_device(generator))
+        return mu + logvar.exp().sqrt() * noise.to(mu), mu, logvar
 
     def decode(self, z: Tensor, mask: Tensor) -> Tensor:
         """z (B, latent_size, d), mask (B, T) -> features (B, T, F), zero at padded frames (as MLD)."""
@@ -563,17 +565,32 @@ class DiffusionPolicy(nn.Module, ABC):
     def diffusion_loss(
         self, x0: Tensor, dmask: Tensor | None, texts: Sequence[str], generator: torch.Generator | None = None
     ) -> Tensor:
-        """The diffusion training loss of a batch already in the diffusion space: uniform timesteps, Gaussian
-        noise, and each caption replaced by the null condition with the family's probability (MDM's
-        cond_mask_prob, MLD's guidance_uncondp)."""
-        if len(texts) != x0.shape[0]:
-            raise ValueError(f"got {len(texts)} texts for {x0.shape[0]} motions")
-        batch, gen_device = x0.shape[0], _generator_device(generator)
+        """The diffusion training loss of a batch already in the diffusion space: the mean of its
+        ``conditioned_losses`` at ``training_draws`` from ``generator``."""
+        return self.conditioned_losses(x0, dmask, texts, *self.training_draws(tuple(x0.shape), generator)).mean()
+
+    def training_draws(
+        self, shape: tuple[int, ...], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The random choices of a training batch whose x0 has ``shape``, in this order from ``generator``: uniform
+        timesteps (B,), whether each caption gives way to the null condition (B,: the family's probability, MDM's
+        cond_mask_prob, MLD's guidance_uncondp) and Gaussian noise. A sharded trainer draws them for its whole
+        global batch in every process, then takes its rows."""
+        batch, gen_device = shape[0], _generator_device(generator)
         t = torch.randint(0, self.config.diffusion_steps, (batch,), generator=generator, device=gen_device)
         drop = torch.rand(batch, generator=generator, device=gen_device) < self.cond_drop_prob
+        return t, drop, torch.randn(shape, generator=generator, device=gen_device)
+
+    def conditioned_losses(
+        self, x0: Tensor, dmask: Tensor | None, texts: Sequence[str], t: Tensor, drop: Tensor, noise: Tensor
+    ) -> Tensor:
+        """(B,) denoising losses of a training batch in the diffusion space at its ``training_draws``, each
+        caption where ``drop`` is set replaced by the null condition."""
+        if len(texts) != x0.shape[0]:
+            raise ValueError(f"got {len(texts)} texts for {x0.shape[0]} motions")
         cond = self.condition(texts)
-        cond = torch.where(drop.to(cond.device)[:, None], self.null_condition(batch), cond)
-        return denoising_losses(self, x0, dmask, cond, t.to(x0.device), _randn(tuple(x0.shape), generator, x0)).mean()
+        cond = torch.where(drop.to(cond.device)[:, None], self.null_condition(len(texts)), cond)
+        return denoising_losses(self, x0, dmask, cond, t.to(x0.device), noise.to(x0))
 
     def sample(
         self,
@@ -721,15 +738,26 @@ class MLDPolicy(DiffusionPolicy):
     def diffusion_shape(self, batch: int, frames: int) -> tuple[tuple[int, ...], bool]:
         return (batch, self.config.latent_size, self.config.latent_dim), False
 
-    def vae_loss(self, motions: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def vae_loss(
+        self,
+        motions: Tensor,
+        mask: Tensor,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        frame_weight: float = 1.0,
+        row_weight: float = 1.0,
+    ) -> Tensor:
         """MLD's VAE stage: smooth-L1 feature reconstruction over the valid frames + lambda_kl x KL(q || N(0, I))
-        (MLD's recons_feature and kl_motion; its joint-position term needs the skeleton and is left out)."""
-        z, mu, logvar = self.vae.encode(motions, mask, generator)
+        (MLD's recons_feature and kl_motion; its joint-position term needs the skeleton and is left out).
+        ``noise``: the posterior sample's draw (``MldVae.encode``). The reconstruction is a mean over the batch's
+        valid frames and the KL one over its rows, so a launched process passes the share weights
+        (``distributed.share_weight``) of its frames and of its rows."""
+        z, mu, logvar = self.vae.encode(motions, mask, generator, noise)
         recon = F.smooth_l1_loss(self.vae.decode(z, mask), motions, reduction="none")
         keep = mask[..., None].to(recon.dtype)
-        recon = (recon * keep).sum() / (keep.sum() * recon.shape[-1])
+        recon = (recon * keep).sum() / (keep.sum() * recon.shape[-1]) * frame_weight
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
-        return recon + self.config.lambda_kl * kl.mean()
+        return recon + self.config.lambda_kl * kl.mean() * row_weight
 
 
 FAMILIES: dict[str, type[DiffusionPolicy]] = {"mdm": MDMPolicy, "mld": MLDPolicy}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -109,10 +110,27 @@ def perplexity_of_counts(counts: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(prob * torch.log(prob + 1e-7)).sum())
 
 
+class SharedBatch(Protocol):
+    """The global batch that a training quantiser sees a share of, when several processes train on one batch
+    (``train.vqvae``): what it needs of the other shares to update its codebook from the whole batch."""
+
+    def sum(self, stats: torch.Tensor) -> torch.Tensor:
+        """``stats`` of this share summed over every share of the batch."""
+        ...
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows of every share of the batch, this one's ``x`` among them, in the batch's order."""
+        ...
+
+
 class QuantizeEMAReset(nn.Module):
     """Nearest-code quantiser whose codebook follows the EMA of its assigned latents (van den Oord et
     al. 2017, appendix; Razavi et al. 2019) and whose unused codes are reset to random batch latents
-    (T2M-GPT's ``QuantizeEMAReset``): a code with EMA count < 1 is replaced every training step."""
+    (T2M-GPT's ``QuantizeEMAReset``): a code with EMA count < 1 is replaced every training step.
+
+    ``shared_batch`` is set while processes each train on a share of one global batch: the code counts and
+    sums are then the whole batch's and the resets draw from the whole batch's latents, with the same random
+    draws in every process, so every process keeps the codebook one process training on the batch would."""
 
     def __init__(self, nb_code: int, code_dim: int, mu: float):
         super().__init__()
@@ -122,6 +140,10 @@ class QuantizeEMAReset(nn.Module):
         self.register_buffer("code_count", torch.zeros(nb_code))
         # A buffer (not a Python flag) so that a saved model knows its codebook was initialised.
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self.shared_batch: SharedBatch | None = None
+
+    def _whole_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.shared_batch is None else self.shared_batch.rows(x)
 
     def _random_latents(self, x: torch.Tensor) -> torch.Tensor:
         """``nb_code`` latents of the batch in random order, tiled with small noise if the batch is short."""
@@ -134,7 +156,7 @@ class QuantizeEMAReset(nn.Module):
 
     @torch.no_grad()
     def _init_codebook(self, x: torch.Tensor) -> None:
-        self.codebook.copy_(self._random_latents(x))
+        self.codebook.copy_(self._random_latents(self._whole_batch(x)))
         self.code_sum.copy_(self.codebook)
         self.code_count.fill_(1.0)
         self.initialised.fill_(True)
@@ -150,29 +172,34 @@ class QuantizeEMAReset(nn.Module):
     @torch.no_grad()
     def _update(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         onehot = F.one_hot(codes, self.nb_code).to(x.dtype)  # (N, K)
-        count = onehot.sum(0)
-        self.code_sum.mul_(self.mu).add_(onehot.t() @ x, alpha=1 - self.mu)
+        count, code_sum = onehot.sum(0), onehot.t() @ x
+        if self.shared_batch is not None:  # one collective for both statistics
+            stats = self.shared_batch.sum(torch.cat([count[:, None], code_sum], dim=1))
+            count, code_sum = stats[:, 0], stats[:, 1:]
+        self.code_sum.mul_(self.mu).add_(code_sum, alpha=1 - self.mu)
         self.code_count.mul_(self.mu).add_(count, alpha=1 - self.mu)
         used = (self.code_count >= 1.0).to(x.dtype)[:, None]
         updated = self.code_sum / self.code_count.clamp_min(1e-12)[:, None]
-        self.codebook.copy_(used * updated + (1 - used) * self._random_latents(x))
+        self.codebook.copy_(used * updated + (1 - used) * self._random_latents(self._whole_batch(x)))
         return perplexity_of_counts(count)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """z (B, C, N) -> (quantised z, straight-through; commitment loss; perplexity; codes (B, N))."""
-        b, c, n = z.shape
-        x = z.permute(0, 2, 1).reshape(-1, c)
-        if self.training and not bool(self.initialised):
-            self._init_codebook(x)
-        codes = self.quantize(x)
-        x_q = self.dequantize(codes)
-        if self.training:
-            perplexity = self._update(x, codes)
-        else:
-            perplexity = perplexity_of_counts(torch.bincount(codes, minlength=self.nb_code).to(x.dtype))
-        commit = F.mse_loss(x, x_q.detach())
-        x_q = x + (x_q - x).detach()
-        return x_q.view(b, n, c).permute(0, 2, 1), commit, perplexity, codes.view(b, n)
+        # fp32 under a mixed-precision autocast too: bf16 rounds code counts above 256 and the nearest code
+        with torch.autocast(z.device.type, enabled=False):
+            b, c, n = z.shape
+            x = z.permute(0, 2, 1).reshape(-1, c).float()
+            if self.training and not bool(self.initialised):
+                self._init_codebook(x)
+            codes = self.quantize(x)
+            x_q = self.dequantize(codes)
+            if self.training:
+                perplexity = self._update(x, codes)
+            else:
+                perplexity = perplexity_of_counts(torch.bincount(codes, minlength=self.nb_code).to(x.dtype))
+            commit = F.mse_loss(x, x_q.detach())
+            x_q = x + (x_q - x).detach()
+            return x_q.view(b, n, c).permute(0, 2, 1), commit, perplexity, codes.view(b, n)
 
 
 class MotionVQVAE(nn.Module):

@@ -5,13 +5,19 @@ prompts are left to the win rates.
 pretrained diffusion policy (``train_diffusion@mdm``, its sampler ``diffusion.mdm.sampling``; a diffusion
 sampler has no temperature), into ``data/prefs/mdm/``: preferences on diffusion samples, labelled by the same
 labelers and app (``label@mdm``, ``motionpref label-app --policy mdm``) for Diffusion-DPO (``finetune@mdm_dpo``).
+
+Under ``accelerate launch`` each process samples its share of every chunk of prompts, each motion from its own
+seed (``distributed.sharded_generator``), and the main process, which gathers them all, writes the motions, the
+table, the previews and the statistics: the pairs one process samples.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from motionpref.config import Params
+from motionpref.distributed import sharded_generator
 from motionpref.pipeline import StageContext, artifacts
 
 if TYPE_CHECKING:
@@ -56,20 +62,23 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     previews = artifacts.prefs_path(policy, artifacts.PREVIEWS)
     prompts = read_prompts(ctx.path(artifacts.PROMPTS))
     generator, temperature = _generator(params, ctx, policy)
-    with atomic_dir(ctx.path(motions)) as tmp:
+    with atomic_dir(ctx.path(motions)) if ctx.is_main else nullcontext(None) as tmp:
 
         def store(name: str, features: np.ndarray) -> str:
-            write_bytes(tmp / name, npy_bytes(np.asarray(features, np.float32)))
+            if tmp is not None:
+                write_bytes(tmp / name, npy_bytes(np.asarray(features, np.float32)))
             return f"{motions}/{name}"  # where it will be once the folder is in place
 
         table, stats = sample_pairs(
             prompts,
-            generator,
+            sharded_generator(generator, ctx.accelerator),
             temperature,
             params.stage_seed("sample_pairs"),
             directory_hash(ctx.path(artifacts.policy(policy))),
             store,
         )
+    if not ctx.is_main:
+        return stats
     with atomic_dir(ctx.path(previews)) as tmp:
         names = render_previews(table, ctx.root, tmp, params.pairs.previews, ctx.dataset(params.data).skeleton)
     table.loc[: len(names) - 1, "preview"] = [f"{previews}/{name}" for name in names]

@@ -5,6 +5,9 @@
 trained alongside (MLD: its VAE first, then the latent denoiser); ``init: mdm | mld`` loads the published
 checkpoint (``diffusion.<family>.checkpoint``) with its frozen CLIP text tower (``text.clip_dir``) and saves it
 in our layout. The evaluation is evaluate@<family>'s.
+
+Under ``accelerate launch`` every process trains on its share of each global batch (``train.diffusion.train_policy``)
+and only the main process saves the policy and writes the report.
 """
 
 from __future__ import annotations
@@ -48,10 +51,11 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         policy = MDMPolicy(model_config, text_encoder) if family == "mdm" else MLDPolicy(model_config, text_encoder)
         data = DiffusionExamples.from_entries(entries, mean, std)
         vae_train = getattr(cfg, "vae_train", None)
-        metrics |= train_policy(policy, data, cfg.train, seed, vae_train, ctx.run.log_metric)
-    policy.eval().save(ctx.path(artifacts.policy(family)))
+        metrics |= train_policy(policy, data, cfg.train, seed, vae_train, ctx.run.log_metric, ctx.accelerator)
     metrics["parameters"] = sum(p.numel() for p in policy.parameters())
-    write_json(ctx.path(artifacts.stage_report(f"train_diffusion_{family}")), metrics)
+    if ctx.is_main:
+        policy.eval().save(ctx.path(artifacts.policy(family)))
+        write_json(ctx.path(artifacts.stage_report(f"train_diffusion_{family}")), metrics)
     return metrics
 
 

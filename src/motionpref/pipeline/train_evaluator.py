@@ -1,6 +1,8 @@
 """Stage train_evaluator: the Guo et al. 2022 text-motion matching model the metrics embed with.
 
-``evaluator.init: t2m`` loads the published checkpoint instead of training one.
+``evaluator.init: t2m`` loads the published checkpoint instead of training one. Under ``accelerate launch`` every
+process trains on its share of each batch (``train.evaluator``); the main one alone saves the model, scores the
+validation set with it and writes the report.
 """
 
 from __future__ import annotations
@@ -24,13 +26,24 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     seed = params.stage_seed("train_evaluator")
     metrics: dict[str, Any] = {}
     if cfg.init == "t2m":
-        dataset = "kit" if params.data.skeleton_name == "kit" else "t2m"
-        Evaluator.from_t2m(cfg.checkpoints_dir, cfg.glove_dir, dataset).save(out)  # type: ignore[arg-type]
+        if ctx.is_main:
+            dataset = "kit" if params.data.skeleton_name == "kit" else "t2m"
+            Evaluator.from_t2m(cfg.checkpoints_dir, cfg.glove_dir, dataset).save(out)  # type: ignore[arg-type]
     else:
         model_config = cfg.model.model_copy(update={"feature_dim": spec.skeleton.feature_dim})
         metrics = train_evaluator(
-            spec.load("train"), val, model_config, cfg.train, seed, out, ctx.run.log_metric, spec.skeleton
+            spec.load("train"),
+            val,
+            model_config,
+            cfg.train,
+            seed,
+            out,
+            ctx.run.log_metric,
+            spec.skeleton,
+            accel=ctx.accelerator,
         )
+    if not ctx.is_main:  # the model is the main process's to save and score
+        return metrics
     # how well the evaluator tells the validation motions apart: the ceiling of every model's R-precision
     evaluator = Evaluator.load(out)
     sizes = params.evaluate.sizes.model_copy(

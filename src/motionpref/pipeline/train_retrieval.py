@@ -1,6 +1,8 @@
 """Stage train_retrieval: the TMR-style text-motion scorer (SoPo's reward, the AI labeler's judge).
 
-A different architecture and seed from the evaluator, so no method ever optimises the metric we report.
+A different architecture and seed from the evaluator, so no method ever optimises the metric we report. Under
+``accelerate launch`` every process trains on its share of each batch (``train.retrieval``); the main one alone
+saves the model and writes the report.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         seed=params.stage_seed("train_retrieval"),
         train_groups=groups,
         log_metric=ctx.run.log_metric,
+        accel=ctx.accelerator,
     )
-    write_json(ctx.path(artifacts.stage_report("train_retrieval")), metrics)
+    if ctx.is_main:
+        write_json(ctx.path(artifacts.stage_report("train_retrieval")), metrics)
     return metrics
 
 

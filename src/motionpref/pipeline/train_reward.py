@@ -26,7 +26,8 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
         reward, train, val, params.reward.train, seed, ctx.path(artifacts.REWARD), ctx.run.log_metric
     )
     metrics["parameters"] = sum(p.numel() for p in reward.model.parameters())
-    write_json(ctx.path(artifacts.stage_report("train_reward")), metrics)
+    if ctx.is_main:
+        write_json(ctx.path(artifacts.stage_report("train_reward")), metrics)
     return metrics
 
 

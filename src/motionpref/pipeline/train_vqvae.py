@@ -2,6 +2,9 @@
 
 With ``policy.init: motiongpt`` the VQ-VAE is MotionGPT's own (its checkpoint's ``vae.*`` weights), since
 the language model only understands that codebook.
+
+Under ``accelerate launch`` the processes train on shares of every batch of windows (``train.vqvae``); the main
+process alone validates, saves and tokenises (one clip at a time, on the CPU, as in one process).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
     mean, std = spec.stats()
     out = ctx.path(artifacts.VQVAE)
     if params.policy.init == "motiongpt":
+        if not ctx.is_main:  # a copy of a checkpoint: nothing to share
+            return {}
         checkpoint = params.policy.checkpoint
         model = MotionVQVAE(VQVAEConfig.real(spec.skeleton.feature_dim))
         state = {
@@ -51,7 +56,10 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
             out_dir=out,
             log_metric=ctx.run.log_metric,
             skeleton=spec.skeleton,
+            accel=ctx.accelerator,
         )
+        if not ctx.is_main:
+            return metrics
     model = MotionVQVAE.load(out)
     everything = [e for split in SPLITS for e in entries[split]]
     metrics["tokenised_entries"] = write_tokens(

@@ -8,6 +8,10 @@ length drawn from the val clips' lengths with the prompt's seed (the same for bo
 Held out means the test split of prompts.parquet: programs that no pair, so no preference, was sampled for.
 The pool (at most ``winrate.prompts`` of them, a seeded subset) is drawn from the prompts alone, so it does not
 change when labels do, and the stage does not read preferences.parquet.
+
+Under ``accelerate launch`` each process samples its share of the prompts of every cell, each motion from its
+prompt's seed (``distributed.sharded_generator``), and every process judges the gathered motions whole; the main
+process writes the reports: the study one process makes.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from motionpref.config import Params
+from motionpref.distributed import sharded_generator
 from motionpref.pipeline import StageContext, artifacts
 
 ITEM = "model"
@@ -65,9 +70,12 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
             policy = load_policy(ctx.path(artifacts.policy(model)))
             return DiffusionGenerator(policy, mean, std, sampling, lengths=lengths)
 
-    study = winrate_study(generator(base), {name: generator(name)}, prompts, temperatures, judge, seed)
+    base_sampler, sampler = (sharded_generator(generator(m), ctx.accelerator) for m in (base, name))
+    study = winrate_study(base_sampler, {name: sampler}, prompts, temperatures, judge, seed)
     study["baseline"] = base
     study["test_prompts"] = int((table["split"] == "test").sum())  # the pool ``prompts`` was drawn from
+    if not ctx.is_main:
+        return flat_metrics(study)
     paths = [ctx.path(artifacts.winrate_report(name, ext)) for ext in ("json", "md", "png")]
     write_reports(study, *paths)
     for path in paths[1:]:

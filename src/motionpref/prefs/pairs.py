@@ -88,7 +88,8 @@ def sample_pairs(
     """Sample motions A and B for every train and val prompt (``prompt_id``, ``text``, ``program``, ``group``,
     ``split``); ``store(file_name, features)`` saves one and returns the path the table records. Returns the
     pairs table (``PAIRS_SCHEMA``) and statistics. A prompt whose A or B stays invalid after the generator's
-    retries gets no pair, and is counted."""
+    retries gets no pair, and is counted. Every motion is drawn from its pair's seeds alone, so a generator that
+    shares each chunk across processes (``distributed.sharded_generator``) gives every process this table."""
     missing = [c for c in ("prompt_id", "text", "program", "group", "split") if c not in prompts.columns]
     if missing:
         raise ValueError(f"prompts lack column(s) {missing}; expected the table of prompts.read_prompts")

@@ -28,19 +28,29 @@ one the authors' released code runs (its MDM's ``training_losses`` differences).
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from motionpref.config import DiffusionAlgoConfig, DiffusionSamplingConfig, DiffusionTrainConfig
-from motionpref.distributed import average_gradients, shared_rows
+from motionpref.config import DiffusionAlgoConfig, DiffusionSamplingConfig, DiffusionTrainConfig, LaunchConfig
+from motionpref.distributed import (
+    accelerator,
+    average_gradients,
+    gather_rows,
+    reduce_sum,
+    share_to_train,
+    share_weight,
+    shared_rows,
+)
 from motionpref.models.diffusion import DiffusionPolicy, MLDPolicy, denoising_losses, lengths_to_mask
 from motionpref.models.retrieval import RetrievalModel, cosine_to_score
 from motionpref.motion.dataset import Entry
@@ -48,6 +58,9 @@ from motionpref.progress import track
 from motionpref.train.losses import diffusion_dpo_loss, sopo_loss, sopo_weight
 from motionpref.train.preference import FinetuneJob, disable_dropout
 from motionpref.train.sopo import FILTERED, REWEIGHTED, semi_online_pairs
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 LogMetric = Callable[[str, float, int], None]
 
@@ -102,29 +115,49 @@ def length_batch(lengths: Sequence[int], batch_size: int, rng: random.Random) ->
     return order[start : start + size]
 
 
+class _Objective(nn.Module):
+    """A training loss as the forward of a module that holds the parameters it trains: DDP all-reduces the
+    gradients of a backward only when the loss went through its wrapper's forward."""
+
+    def __init__(self, trained: nn.Module, loss: Callable[[list[int], torch.Generator], Tensor]) -> None:
+        super().__init__()
+        self.trained = trained
+        self.loss = loss
+
+    def forward(self, rows: list[int], generator: torch.Generator) -> Tensor:
+        return self.loss(rows, generator)
+
+
 def _fit(
     name: str,
-    params: list[nn.Parameter],
+    trained: nn.Module,
     loss_fn: Callable[[list[int], torch.Generator], Tensor],
     draw: Callable[[int, random.Random], list[int]],
     cfg: DiffusionTrainConfig,
     seed: int,
     log: LogMetric | None,
+    accel: Accelerator,
 ) -> dict[str, float]:
+    """AdamW over ``trained``'s trainable parameters, DDP across launched processes. ``loss_fn(rows, generator)``
+    draws the global batch ``rows``' random choices and returns this process's share of its loss, weighted so
+    that DDP's mean of the gradients is the batch's; every process draws the same ``rows``."""
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
+    params = [p for p in trained.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimiser = accel.prepare(_Objective(trained, loss_fn), optimiser)
     window: list[float] = []
     first = float("nan")
     for step in track(range(1, cfg.steps + 1), f"train {name}", cfg.steps):
-        loss = loss_fn(draw(cfg.batch_size, rng), generator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: the loss is {loss.item()} at step {step}")
+        loss = model(draw(cfg.batch_size, rng), generator)
+        batch_loss = reduce_sum(loss.item(), accel) / accel.num_processes  # the global batch's
+        if not math.isfinite(batch_loss):
+            raise FloatingPointError(f"{name}: the loss is {batch_loss} at step {step}")
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        accel.backward(loss)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimiser.step()
-        window.append(loss.item())
+        window.append(batch_loss)
         if step == 1:
             first = window[0]
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -134,17 +167,29 @@ def _fit(
     return {f"{name}_first_loss": first, f"{name}_loss": last, f"{name}_steps": float(cfg.steps)}
 
 
-def encode_latents(policy: MLDPolicy, data: DiffusionExamples, batch_size: int) -> Tensor:
+def encode_latents(
+    policy: MLDPolicy, data: DiffusionExamples, batch_size: int, accel: Accelerator | None = None
+) -> Tensor:
     """(N, latent_size, latent_dim) posterior means of the frozen VAE, one per clip, encoded in batches of
-    similar length (``MLDPolicy.to_diffusion`` of each clip)."""
+    similar length (``MLDPolicy.to_diffusion`` of each clip). Under ``accelerate launch`` each process encodes
+    its share of the batches (``shared_rows``), each batch whole, so every process holds the latents one
+    process encodes."""
     order = sorted(range(len(data)), key=lambda i: len(data.motions[i]))
+    batches = [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
+
+    @torch.no_grad()
+    def encode(ids: list[int]) -> list[Tensor]:
+        out = []
+        for k in ids:
+            x, mask = pad([data.motions[i] for i in batches[k]])
+            out.append(policy.to_diffusion(x.to(policy.device), mask.to(policy.device))[0].cpu())
+        return out
+
     shape = (len(data), policy.config.latent_size, policy.config.latent_dim)
     latents = torch.empty(shape, device=policy.device)
-    with torch.no_grad():
-        for begin in range(0, len(order), batch_size):
-            rows = order[begin : begin + batch_size]
-            x, mask = pad([data.motions[i] for i in rows])
-            latents[rows] = policy.to_diffusion(x.to(policy.device), mask.to(policy.device))[0]
+    encoded = shared_rows(len(batches), encode, accel or accelerator(LaunchConfig()))
+    for rows, z in zip(batches, encoded, strict=True):
+        latents[rows] = z.to(latents.device)
     return latents
 
 
@@ -155,12 +200,21 @@ def train_policy(
     seed: int,
     vae_train: DiffusionTrainConfig | None = None,
     log: LogMetric | None = None,
+    accel: Accelerator | None = None,
 ) -> dict[str, float]:
     """Train ``policy`` in place on ``data`` (a random caption of each clip per step). An MLD policy first
     trains its VAE with ``vae_train`` (MLD's ``vae`` stage), then its denoiser and text encoder with the VAE
     frozen (its ``diffusion`` stage) on latents encoded once: the frozen VAE's forward was most of a step's cost,
-    and its posterior mean never changes. Returns each stage's first and last logged loss."""
-    policy.train()
+    and its posterior mean never changes. Returns each stage's first and last logged loss.
+
+    Under ``accelerate launch`` (``accel`` of several processes) every process draws each global batch whole (its
+    clips, captions, timesteps, noise, dropped conditions, the VAE's posterior noise), computes the losses of its
+    share (``distributed.share_to_train``) and DDP all-reduces the gradients: each share's mean is weighted by its
+    rows over the batch's (``share_weight``; the per-sample denoising losses, the VAE's KL) or, for the VAE's
+    reconstruction, a mean over the batch's valid frames, by its frames. The latents are encoded by shares of
+    their batches. Every process ends with the same weights; only the caller's main process should save."""
+    accel = accel or accelerator(LaunchConfig())
+    policy.to(accel.device).train()
     lengths = data.lengths()
     caption_rng = random.Random(seed + 1)
 
@@ -174,33 +228,49 @@ def train_policy(
     def texts(rows: list[int]) -> list[str]:
         return [caption_rng.choice(data.captions[i]) for i in rows]
 
+    def share(rows: list[int]) -> tuple[list[int], float]:
+        """This process's positions in the global batch ``rows`` and the weight of a mean over them (0 for a
+        stand-in)."""
+        part, counted = share_to_train(range(len(rows)), accel)
+        return part, share_weight(len(part) if counted else 0, len(rows), accel)
+
     out: dict[str, float] = {}
+    latents: Tensor | None = None
     if isinstance(policy, MLDPolicy):
         if vae_train is None:
             raise ValueError("an MLD policy trains its VAE first: pass vae_train")
+        mld = policy
 
         def vae_loss(rows: list[int], generator: torch.Generator) -> Tensor:
-            return policy.vae_loss(*batch(rows), generator)
+            # padded to the whole batch's longest clip and drawn for the whole batch: a row is encoded as in one
+            # process
+            x, mask = batch(rows)
+            noise = torch.randn((len(rows), mld.config.latent_size, mld.config.latent_dim), generator=generator)
+            part, row_weight = share(rows)
+            frames = mask[part].sum().item() if row_weight else 0
+            frame_weight = share_weight(frames, mask.sum().item(), accel)
+            return mld.vae_loss(x[part], mask[part], None, noise[part], frame_weight, row_weight)
 
-        out |= _fit("vae", list(policy.vae.parameters()), vae_loss, by_length, vae_train, seed, log)
+        out |= _fit("vae", policy.vae, vae_loss, by_length, vae_train, seed, log, accel)
         policy.vae.requires_grad_(False).eval()
-        latents = encode_latents(policy, data, vae_train.batch_size)
+        latents = encode_latents(policy, data, vae_train.batch_size, accel)
 
-        def latent_loss(rows: list[int], generator: torch.Generator) -> Tensor:
-            return policy.diffusion_loss(latents[rows], None, texts(rows), generator)
+    def denoiser_loss(rows: list[int], generator: torch.Generator) -> Tensor:
+        captions = texts(rows)
+        x0, dmask = (latents[rows], None) if latents is not None else policy.to_diffusion(*batch(rows))
+        t, drop, noise = policy.training_draws(tuple(x0.shape), generator)
+        part, weight = share(rows)
+        dmask = None if dmask is None else dmask[part]
+        losses = policy.conditioned_losses(
+            x0[part], dmask, [captions[i] for i in part], t[part], drop[part], noise[part]
+        )
+        return losses.mean() * weight
 
-        def uniform(size: int, rng: random.Random) -> list[int]:  # latents have one shape: nothing to pad
-            return [rng.randrange(len(data)) for _ in range(size)]
+    def uniform(size: int, rng: random.Random) -> list[int]:  # latents have one shape: nothing to pad
+        return [rng.randrange(len(data)) for _ in range(size)]
 
-        loss_fn, draw = latent_loss, uniform
-    else:
-
-        def frame_loss(rows: list[int], generator: torch.Generator) -> Tensor:
-            return policy.training_loss(*batch(rows), texts(rows), generator)
-
-        loss_fn, draw = frame_loss, by_length
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    out |= _fit("denoiser", trainable, loss_fn, draw, train, seed + 2, log)
+    draw = by_length if latents is None else uniform
+    out |= _fit("denoiser", policy, denoiser_loss, draw, train, seed + 2, log, accel)
     policy.requires_grad_(True)
     return out
 
@@ -253,25 +323,21 @@ class _Finetune:
         """(B, K, T, D) normalised samples of ``model``, K per caption at the caption's length (timed: the
         preference-generation cost of SoPo's and MoDiPO's Table 1). Under ``accelerate launch`` each process
         draws its share of the B x K samples and every process gets them all: each is drawn from its own seed,
-        so they are the samples one process draws (sampling is nearly all of a step's work; the update that
-        follows is replicated)."""
+        so they are the samples one process draws (sampling is nearly all of a SoPo step's work; its update is
+        replicated, MoDiPO's shared out by ``_dpo_epoch``)."""
         begin = time.perf_counter()
         seeds = [self.rng.randrange(2**31) for _ in range(len(captions) * k)]
         flat_captions = [c for c in captions for _ in range(k)]
         flat_lengths = [n for n in lengths for _ in range(k)]
-        accel = self.job.accelerator
-        if accel.num_processes == 1:
-            x = model.sample(flat_captions, flat_lengths, self.data.sampling, seeds=seeds)
-        else:
 
-            def draw(rows: list[int]) -> list[Tensor]:
-                mine = [flat_lengths[i] for i in rows]
-                out = model.sample(
-                    [flat_captions[i] for i in rows], mine, self.data.sampling, seeds=[seeds[i] for i in rows]
-                )
-                return [out[j, :n].cpu() for j, n in enumerate(mine)]
+        def draw(rows: list[int]) -> list[Tensor]:
+            mine = [flat_lengths[i] for i in rows]
+            out = model.sample(
+                [flat_captions[i] for i in rows], mine, self.data.sampling, seeds=[seeds[i] for i in rows]
+            )
+            return [out[j, :n].cpu() for j, n in enumerate(mine)]
 
-            x = pad(shared_rows(len(seeds), draw, accel))[0].to(model.device)
+        x = pad(shared_rows(len(seeds), draw, self.job.accelerator))[0].to(model.device)
         self.sampling_seconds += time.perf_counter() - begin
         return x.view(len(captions), k, *x.shape[1:])
 
@@ -286,11 +352,19 @@ class _Finetune:
         return text, emb
 
     def pair_losses(
-        self, x_w: Tensor, x_l: Tensor, lengths: list[int], captions: list[str], lengths_l: list[int] | None = None
+        self,
+        x_w: Tensor,
+        x_l: Tensor,
+        lengths: list[int],
+        captions: list[str],
+        lengths_l: list[int] | None = None,
+        part: list[int] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Denoising losses (B,) of policy and reference on the preferred and unpreferred motions (normalised,
+        """Denoising losses of policy and reference on the preferred and unpreferred motions (normalised,
         padded to one length; ``lengths_l`` the unpreferred ones' when they differ), one timestep and noise per
-        pair shared by both motions and both models."""
+        pair shared by both motions and both models: (B,) each, or of the pairs ``part`` only (a process's share),
+        their encodings, timesteps and noise drawn for the whole batch first, so that a pair's are the same
+        whatever the share."""
         policy, ref = self.policy, self.reference
         frames = x_w.shape[1]
         if x_l.shape[1] != frames:
@@ -300,10 +374,15 @@ class _Finetune:
         with torch.no_grad():
             z_w, dmask_w = policy.to_diffusion(x_w.to(policy.device), mask_w, self.generator)
             z_l, dmask_l = policy.to_diffusion(x_l.to(policy.device), mask_l, self.generator)
-            cond = policy.condition(captions)
         b = len(captions)
         t = torch.randint(0, policy.config.diffusion_steps, (b,), generator=self.generator).to(policy.device)
         noise = torch.randn(z_w.shape, generator=self.generator).to(z_w)
+        if part is not None:
+            z_w, z_l, t, noise = (v[part] for v in (z_w, z_l, t, noise))
+            dmask_w, dmask_l = (None if m is None else m[part] for m in (dmask_w, dmask_l))
+            captions, b = [captions[i] for i in part], len(part)
+        with torch.no_grad():
+            cond = policy.condition(captions)
         z, both = torch.cat([z_w, z_l]), lambda v: torch.cat([v, v])
         m = torch.cat([dmask_w, dmask_l]) if dmask_w is not None and dmask_l is not None else None
         losses = denoising_losses(policy, z, m, both(cond), both(t), both(noise))
@@ -312,6 +391,10 @@ class _Finetune:
         return losses[:b], losses[b:], ref_losses[:b], ref_losses[b:]
 
     def update(self, loss: Tensor) -> None:
+        """One optimiser step on ``loss``'s gradients averaged over the processes (``average_gradients``): the
+        same update in every process, the batch's gradient where each process's loss is its share's, weighted by
+        ``share_weight``. Not DDP: the denoiser also samples, and a DDP wrapper's collectives on every forward
+        would stall processes sampling shares of unequal sizes."""
         self.optimiser.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.params, self.job.accelerator)
@@ -467,7 +550,12 @@ def _dpo_epoch(
 ) -> tuple[dict[str, float], float | None]:
     """One shuffled pass of Diffusion-DPO over ``pairs``. Logs per step under ``prefix/`` the loss, the implicit
     accuracy (the policy denoises the preferred motion better, relative to the reference, than the unpreferred
-    one), the margin and MoDiPO's score gap; returns the pass's means and the first step's loss (None after)."""
+    one), the margin and MoDiPO's score gap; returns the pass's means and the first step's loss (None after).
+
+    Under ``accelerate launch`` each process computes its share of every batch's pairs (every process holds them
+    all), its loss weighted by its pairs over the batch's (``share_weight``), so that the averaged gradient
+    (``_Finetune.update``) is the batch's; the metrics are of the whole batch, its rows gathered."""
+    accel = run.job.accelerator
     order = run.rng.sample(range(len(pairs)), len(pairs))
     sums: dict[str, float] = {}
     first_loss = None
@@ -479,12 +567,14 @@ def _dpo_epoch(
         frames = max(x_w.shape[1], x_l.shape[1])  # pad both to one length: the pair shares its noise
         x_w, x_l = (torch.nn.functional.pad(x, (0, 0, 0, frames - x.shape[1])) for x in (x_w, x_l))
         lengths_w, lengths_l = [len(p.preferred) for p in chunk], [len(p.rejected) for p in chunk]
-        l_w, l_l, r_w, r_l = run.pair_losses(x_w, x_l, lengths_w, [p.caption for p in chunk], lengths_l)
-        loss = diffusion_dpo_loss(l_w, l_l, r_w.to(l_w.device), r_l.to(l_w.device), beta).mean()
-        run.update(loss)
-        inside = ((l_w.detach() - r_w) - (l_l.detach() - r_l)).cpu()
+        part, counted = share_to_train(range(len(chunk)), accel)
+        l_w, l_l, r_w, r_l = run.pair_losses(x_w, x_l, lengths_w, [p.caption for p in chunk], lengths_l, part)
+        losses = diffusion_dpo_loss(l_w, l_l, r_w.to(l_w.device), r_l.to(l_w.device), beta)
+        run.update(losses.mean() * share_weight(len(part) if counted else 0, len(chunk), accel))
+        losses = gather_rows(losses.detach(), counted, accel)
+        inside = gather_rows(((l_w.detach() - r_w) - (l_l.detach() - r_l)).cpu(), counted, accel)
         metrics = {
-            "loss": loss.item(),
+            "loss": losses.mean().item(),
             "accuracy": (inside < 0).float().mean().item(),
             "margin": (-0.5 * beta * inside).mean().item(),
         }
@@ -502,8 +592,9 @@ def run_modipo(
 ) -> dict[str, float]:
     """Finetune ``data.policy`` with MoDiPO: Diffusion-DPO (beta ``job.beta``) on best-vs-worst pairs of K
     samples per caption, drawn once from the pretrained policy (the reference) or, ``online``, from the current
-    policy at the start of every epoch, for that epoch's captions. Logs under ``modipo/`` (``_dpo_epoch``);
-    returns the last epoch's means, ``first_loss`` (log 2), the steps and the preference-generation time."""
+    policy at the start of every epoch, for that epoch's captions. Logs under ``modipo/`` (``_dpo_epoch``, which
+    shares each batch's pairs across launched processes); returns the last epoch's means, ``first_loss`` (log 2),
+    the steps and the preference-generation time."""
     beta = job.require_beta("modipo")
     run = _Finetune(job, data, cfg)
     last: dict[str, float] = {}
@@ -534,8 +625,9 @@ def run_diffusion_dpo(
     job: FinetuneJob, cfg: DiffusionAlgoConfig, data: DiffusionFinetuneData, pairs: Sequence[DiffusionPair]
 ) -> dict[str, float]:
     """Finetune ``data.policy`` with Diffusion-DPO (beta ``job.beta``) on labelled ``pairs`` (``labelled_pairs``),
-    every pair each of ``cfg.dpo.epochs`` epochs. Logs under ``dpo/`` (``_dpo_epoch``); returns the last epoch's
-    means, ``first_loss`` (log 2), the steps and the pairs."""
+    every pair each of ``cfg.dpo.epochs`` epochs. Logs under ``dpo/`` (``_dpo_epoch``, which shares each batch's
+    pairs across launched processes); returns the last epoch's means, ``first_loss`` (log 2), the steps and the
+    pairs."""
     if not pairs:
         raise ValueError("Diffusion-DPO needs at least one labelled pair")
     beta = job.require_beta("diffusion dpo")

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +50,15 @@ from transformers import PretrainedConfig, PreTrainedModel
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from motionpref.config import LoraConfig, PPOConfig
+from motionpref.distributed import average_gradients, reduce_sum, share_to_train, share_weight
 from motionpref.models.generator import MotionGenerator
 from motionpref.models.policy import MotionPolicy, _MotionGrammar
 from motionpref.progress import track
 from motionpref.train.preference import FinetuneJob, Reference, apply_lora, disable_dropout
+from motionpref.train.sopo import generate_shared
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 RewardFn = Callable[[list[str], list[list[int]]], Tensor]
 
@@ -432,6 +438,13 @@ def run(job: FinetuneJob, config: PPOConfig, data: PPOData) -> dict[str, float]:
     whole policy. The value network is a copy of ``value_init`` (``value_init`` is untouched). The reference is
     the initial policy (a frozen copy, or with LoRA the base model with the adapters disabled).
 
+    Under ``accelerate launch`` each process samples its share of every rollout's captions (each from its own
+    seed) and every process holds them all; the rollout (scores, log-probabilities, values, NEFTune noise, the
+    running score moments, GAE and the whitenings) is computed whole in every process, so its statistics are the
+    global batch's and the mini-batch order is the same everywhere. Each process then updates on its share of
+    every mini-batch, policy and value network being replicas whose gradients are averaged. Only the main process
+    saves.
+
     Logs per step ``ppo/score_mean``, ``ppo/rlhf_reward`` (score - kl_coef * KL), ``ppo/kl`` (sequence KL to the
     reference), ``ppo/entropy`` (per token), ``ppo/policy_loss``, ``ppo/value_loss``, ``ppo/clip_frac``,
     ``ppo/value_clip_frac``, ``ppo/approx_kl``, ``ppo/invalid_rate`` and ``ppo/length_mean`` (codes per valid
@@ -449,7 +462,7 @@ def run(job: FinetuneJob, config: PPOConfig, data: PPOData) -> dict[str, float]:
     rng = random.Random(job.seed)
     batches = _caption_batches(data.captions, config.batch_size, rng)
     lora = job.lora.model_copy(update={"dropout": 0.0}) if config.lora else LoraConfig(enabled=False)
-    ppo = _PPO(data.generator, data.reward_fn, data.value_init, config, lora, job.seed)
+    ppo = _PPO(data.generator, data.reward_fn, data.value_init, config, lora, job.seed, job.accelerator)
     history: dict[str, float] = {}
     try:
         for step in track(range(1, config.steps + 1), description="ppo", total=config.steps):
@@ -477,8 +490,9 @@ class _PPO:
         config: PPOConfig,
         lora: LoraConfig,
         seed: int,
+        accel: Accelerator,
     ) -> None:
-        self.sampler, self.reward_fn, self.config = generator, reward_fn, config
+        self.sampler, self.reward_fn, self.config, self.accel = generator, reward_fn, config, accel
         policy = self.policy = generator.policy
         self.generator = torch.Generator().manual_seed(seed)  # NEFTune noise, mini-batch order
         self.value_model = ValueModel(value_init).to(policy.device)
@@ -498,7 +512,7 @@ class _PPO:
     def step(self, captions: list[str], seeds: list[int]) -> dict[str, float]:
         """Sample one motion per caption, then PPO updates on the valid ones; the step's metrics."""
         config = self.config
-        samples = self.sampler.generate(captions, seeds, decode=False)
+        samples = generate_shared(self.sampler, captions, seeds, self.accel, decode=False)
         metrics = {"invalid_rate": samples.n_invalid / len(captions)}
         keep = [i for i, ok in enumerate(samples.valid) if ok]
         if not keep:
@@ -562,27 +576,37 @@ class _PPO:
         return _Rollout(prompts, codes, logprobs, values, advantages, returns), metrics
 
     def update(self, rollout: _Rollout, index: Tensor) -> dict[str, float]:
-        """One optimiser step on the mini-batch ``index`` of ``rollout``: clipped policy + vf_coef * value loss."""
-        policy, config = self.policy, self.config
-        prompts = [rollout.prompts[i] for i in index.tolist()]
-        codes = [rollout.codes[i] for i in index.tolist()]
+        """One optimiser step on the mini-batch ``index`` of ``rollout``: clipped policy + vf_coef * value loss.
+
+        Under ``accelerate launch`` each process takes its share of the mini-batch's rows; the losses, token means,
+        are weighted by the share's answer tokens (``share_weight``) and the replicas' gradients averaged
+        (``average_gradients``), so every process takes the mini-batch's step; the metrics are its token means."""
+        policy, config, accel = self.policy, self.config, self.accel
+        rows, counted = share_to_train(index.tolist(), accel)
+        prompts = [rollout.prompts[i] for i in rows]
+        codes = [rollout.codes[i] for i in rows]
         layout = answer_layout(policy, prompts, codes, policy.model.config)
         mask = layout.mask
-        old_logprobs, old_values, advantages, returns = rollout.rows(index, mask.shape[1])
-        with self.noise.rows(index.tolist()):
+        old_logprobs, old_values, advantages, returns = rollout.rows(torch.tensor(rows), mask.shape[1])
+        with self.noise.rows(rows):
             logprobs, _ = token_stats(policy.model, layout, config.sampling.temperature, self.grammar)
         values = self.value_model(policy.prompt_ids(prompts), [policy.target_ids(c) for c in codes])
         pg_loss, clip_frac = clipped_policy_loss(logprobs, old_logprobs, advantages, mask, config.clip_range)
         vf_loss, vf_clip_frac = clipped_value_loss(values, old_values, returns, mask, config.clip_range_value)
+        tokens = int(mask.sum().item()) if counted else 0
+        weight = share_weight(tokens, reduce_sum(tokens, accel), accel)
         self.optimiser.zero_grad(set_to_none=True)
-        (pg_loss + config.vf_coef * vf_loss).backward()
+        ((pg_loss + config.vf_coef * vf_loss) * weight).backward()
+        average_gradients(self.params, accel)
         torch.nn.utils.clip_grad_norm_(self.params, config.grad_clip)
         self.optimiser.step()
         approx_kl = 0.5 * masked_mean((logprobs.detach() - old_logprobs) ** 2, mask)
-        return {
-            "policy_loss": pg_loss.item(),
-            "value_loss": vf_loss.item(),
-            "clip_frac": clip_frac.item(),
-            "value_clip_frac": vf_clip_frac.item(),
-            "approx_kl": approx_kl.item(),
+        stats = {
+            "policy_loss": pg_loss,
+            "value_loss": vf_loss,
+            "clip_frac": clip_frac,
+            "value_clip_frac": vf_clip_frac,
+            "approx_kl": approx_kl,
         }
+        # each share's token mean, weighted: their mean over the processes is the mini-batch's token mean
+        return {name: reduce_sum(value.item() * weight, accel) / accel.num_processes for name, value in stats.items()}

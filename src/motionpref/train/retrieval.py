@@ -5,6 +5,12 @@ Negatives that are not really negatives are filtered out of the loss: TMR drops 
 sentence embeddings are closer than a threshold; with no sentence encoder we use the cosine of the
 captions' TF-IDF bag-of-words vectors (threshold 0.8 by default), and, when the caller gives one, the
 same group key (e.g. the synthetic program id behind both clips).
+
+Across launched processes (``motionpref.distributed``) every process draws each global batch whole (rows, captions,
+crops, word-dropout masks, the false-negative mask) and embeds its contiguous share of it. InfoNCE ranks every
+text against every motion of the batch, so the embeddings are gathered with autograd (``gather_with_grad``) and
+every process computes the whole batch's loss; gradients are averaged over the processes (``average_gradients``),
+so every process takes the step one process takes. Validation runs whole in each; only the main one saves.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from scipy import sparse
 
-from motionpref.config import RetrievalTrainConfig
+from motionpref.config import LaunchConfig, RetrievalTrainConfig
+from motionpref.distributed import accelerator, average_gradients, gather_with_grad, share_to_train
 from motionpref.models.retrieval import (
     PAD_ID,
     UNK_ID,
@@ -30,6 +37,9 @@ from motionpref.models.retrieval import (
 )
 from motionpref.motion.text import Caption
 from motionpref.progress import track
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 LogMetric = Callable[[str, float, int], None]
 
@@ -159,13 +169,16 @@ def train_retrieval(
     seed: int = 0,
     train_groups: Sequence[str] | None = None,
     log_metric: LogMetric | None = None,
-    device: str | torch.device = "cpu",
+    accel: Accelerator | None = None,
 ) -> dict[str, float]:
     """Train the retrieval model, keep the epoch with the best validation recall@1 (ties: recall@5, then
     the lower validation loss), save it.
 
     ``train_groups`` (one key per training entry, optional) marks clips that must never be each other's
     negatives. Returns the best epoch's metrics; the model is written to ``out_dir``.
+
+    Under ``accelerate launch`` (``accel`` of several processes) each process trains on its share of every global
+    batch (the module's docstring) and only the main one saves.
     """
     model_config = model_config or RetrievalConfig()
     config = train_config or RetrievalTrainConfig()
@@ -180,10 +193,11 @@ def train_retrieval(
     _check_entries(val_entries, mean.shape[0], "validation")
     train_texts = [[c.text for c in entry.captions] for entry in train_entries]
 
+    accel = accel or accelerator(LaunchConfig())
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     tokenizer = build_tokenizer([text for texts in train_texts for text in texts])
-    model = RetrievalModel(model_config, tokenizer, mean, std).to(device)
+    model = RetrievalModel(model_config, tokenizer, mean, std).to(accel.device)
     word_ids = {text: tokenizer.encode(text).ids[: model_config.max_words] for texts in train_texts for text in texts}
     idf = tfidf_idf(list(word_ids.values()), tokenizer.get_vocab_size())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -191,6 +205,8 @@ def train_retrieval(
 
     batch_size = min(config.batch_size, len(train_entries))
     steps_per_epoch = len(train_entries) // batch_size
+    mine, _ = share_to_train(range(batch_size), accel)
+    rows = slice(mine[0], mine[-1] + 1)
     best: dict[str, float] = {}
     best_state: dict[str, torch.Tensor] = {}
     step, train_seconds = 0, 0.0
@@ -209,11 +225,14 @@ def train_retrieval(
             filtered = false_negative_mask([word_ids[t] for t in texts], idf, config.filter_threshold, groups)
             filtered = torch.from_numpy(filtered).to(model.device)
 
-            text = torch.nn.functional.normalize(model.embed_text(ids, padding), dim=-1)
-            motion = torch.nn.functional.normalize(model.embed_motion(*model.pad_motions(motions)), dim=-1)
+            # each text is ranked against every motion of the batch: the whole batch's loss, from every share
+            text = torch.nn.functional.normalize(model.embed_text(ids[rows], padding[rows]), dim=-1)
+            motion = torch.nn.functional.normalize(model.embed_motion(*model.pad_motions(motions[rows])), dim=-1)
+            text, motion = (gather_with_grad(x, batch_size, accel) for x in (text, motion))
             loss = info_nce_with_filtering(text @ motion.T, config.temperature, filtered)
             optimizer.zero_grad()
             loss.backward()
+            average_gradients(list(model.parameters()), accel)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             train_seconds += time.perf_counter() - tic
@@ -232,5 +251,6 @@ def train_retrieval(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     model.load_state_dict(best_state)
-    model.save(out_dir)
+    if accel.is_main_process:
+        model.save(out_dir)
     return {**best, "steps": float(step), "seconds_per_step": train_seconds / max(step, 1)}

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.data_loader import BatchSamplerShard
 from datasets import Dataset
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from transformers import PrinterCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from trl import RewardConfig, RewardTrainer
 
 from motionpref.config import RewardTrainConfig
+from motionpref.distributed import gather_rows, share_to_train, share_weight
 from motionpref.models.reward import RewardModel
 from motionpref.progress import interactive
 from motionpref.train.losses import bradley_terry_loss
@@ -134,8 +137,56 @@ def reward_config(config: RewardTrainConfig, seed: int, output_dir: str | Path, 
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every parameter trains: no extra pass over the graph each step
         disable_tqdm=not interactive(),
     )
+
+
+class _ShardedRewardTrainer(RewardTrainer):
+    """trl's ``RewardTrainer`` with each global batch split across the launched processes the way the other sharded
+    trainers split theirs: every process reads every loader batch whole (its order comes from ``data_seed``, the
+    same whatever the process count) and trains on its share of the pairs (``share_to_train``), the loss weighted
+    by ``share_weight`` so that DDP's mean gradient is the whole batch's. accelerate's own sharding of the loader
+    would instead make each process's batch a whole ``batch_size`` (the global batch growing with the process
+    count) and pad the last one with repeated pairs."""
+
+    def get_train_dataloader(self) -> DataLoader:
+        loader = super().get_train_dataloader()
+        shard = getattr(loader, "batch_sampler", None)
+        if isinstance(shard, BatchSamplerShard):  # only under several processes
+            # a passthrough, as Trainer makes it for its own rank-aware BatchRebalanceSampler; uneven, so that the
+            # last batch comes short, as in one process, rather than padded with the first pairs
+            shard.num_processes, shard.process_index, shard.even_batches = 1, 0, False
+        return loader
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        """The Bradley-Terry loss trl optimises (``bradley_terry_loss``: without reward centring, in trl's very
+        operations) over this process's share of the batch's pairs; the logged accuracy and margin are the whole
+        batch's."""
+        accel = self.accelerator
+        pairs = len(inputs["input_ids"]) // 2  # the chosen rows, then the rejected ones
+        rows, counted = share_to_train(range(pairs), accel)
+        if len(rows) < pairs:
+            both = torch.tensor([*rows, *(pairs + r for r in rows)], device=inputs["input_ids"].device)
+            inputs = {k: v[both[: len(rows)]] if k == "margin" else v[both] for k, v in inputs.items()}
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+        pair_losses = bradley_terry_loss(
+            rewards_chosen, rewards_rejected, inputs.get("margin"), self.args.center_rewards_coefficient
+        )
+        loss = pair_losses.mean() * share_weight(len(rows) if counted else 0, pairs, accel)
+        with torch.no_grad():
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            correct = gather_rows((rewards_chosen > rewards_rejected).float(), counted, accel)
+            metrics["accuracy"].append(correct.mean().item())
+            metrics["margin"].append(gather_rows(rewards_chosen - rewards_rejected, counted, accel).mean().item())
+        return (loss, outputs) if return_outputs else loss
 
 
 class _EpochEnd(TrainerCallback):
@@ -200,6 +251,10 @@ def train_reward(
     """Train ``reward`` in place with trl's ``RewardTrainer``; save the best-validation-loss epoch to ``out_dir``
     (``RewardModel.load`` reads it) and leave ``reward`` holding those weights, in eval mode.
 
+    Under ``accelerate launch`` each process trains on its share of every global batch of ``config.batch_size``
+    pairs (``_ShardedRewardTrainer``); the per-epoch scoring of both splits runs whole in every process on the bare
+    model, and only the main process saves.
+
     Returns ``best_epoch`` (1-based), ``val_loss``, ``val_accuracy``, ``val_margin`` and the per-degree
     ``val_loss_<degree>``/``val_accuracy_<degree>`` of that epoch, ``train_loss``/``train_accuracy`` (and per
     degree) after the last epoch, ``epochs``, ``steps``, ``train_pairs`` and ``val_pairs``.
@@ -214,7 +269,7 @@ def train_reward(
     callback = _EpochEnd(reward, train_pairs, val_pairs, config, log_metric)
     steps_per_epoch = math.ceil(len(train_rows) / config.batch_size)
     with tempfile.TemporaryDirectory(prefix="motionpref-reward-") as scratch:
-        trainer = RewardTrainer(
+        trainer = _ShardedRewardTrainer(
             model=reward.model,
             args=reward_config(config, seed, scratch, steps_per_epoch),
             train_dataset=dataset,
@@ -224,9 +279,11 @@ def train_reward(
         # Its per-step dict prints would flood the stage's log; the same numbers go to MLflow as reward/step_*.
         trainer.remove_callback(PrinterCallback)
         trainer.train()
+        is_main = trainer.accelerator.is_main_process
     reward.model.load_state_dict(callback.best_state)
     reward.model.eval()
-    reward.save(out_dir)
+    if is_main:
+        reward.save(out_dir)
     return {
         **{f"val_{k}": v for k, v in callback.best_val.items()},
         **{f"train_{k}": v for k, v in callback.last_train.items()},

@@ -31,17 +31,22 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from motionpref.config import SoPoConfig
-from motionpref.models.generator import MotionGenerator
+from motionpref.distributed import bare_model, gather_rows, share_to_train, share_weight, shared_rows
+from motionpref.models.generator import Generation, MotionGenerator
 from motionpref.models.retrieval import RetrievalModel, cosine_to_score
 from motionpref.progress import track
 from motionpref.train.losses import sopo_loss, sopo_weight
 from motionpref.train.policy import PolicyExample
 from motionpref.train.preference import FinetuneJob, pair_logprobs
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 FILTERED = ("usopo", "sopo")  # variants with the valuable-unpreferred filter
 REWEIGHTED = ("sopo_no_vu", "sopo")  # variants with beta_w
@@ -81,6 +86,24 @@ def semi_online_pairs(
     return loser, score, valuable, similarity
 
 
+def generate_shared(
+    generator: MotionGenerator, captions: Sequence[str], seeds: Sequence[int], accel: Accelerator, **options: bool
+) -> Generation:
+    """``generator.generate`` (``options`` its keywords) with the captions shared across the launched processes
+    (``shared_rows``) and the samples gathered back in order, on the bare policy (a distributed wrapper has no
+    ``generate``). Each sample is drawn (and retried) from its own seed, so every process holds what one process
+    draws; only the VQ-VAE's decoding of a share rounds as its batch size makes it."""
+
+    def draw(rows: list[int]) -> list[tuple[np.ndarray | None, list[int], int, int, bool]]:
+        out = generator.generate([captions[i] for i in rows], [seeds[i] for i in rows], **options)
+        return list(zip(out.features, out.codes, out.seeds, out.attempts, out.valid, strict=True))
+
+    with bare_model(generator.policy, accel):
+        rows = shared_rows(len(captions), draw, accel)
+    features, codes, drawn_seeds, attempts, valid = (list(column) for column in zip(*rows, strict=True))
+    return Generation(features, codes, drawn_seeds, attempts, valid)
+
+
 @dataclass
 class SoPoData:
     """The sampler of the policy to finetune (``generator.policy``, sampling with ``config.sampling``), the
@@ -96,6 +119,10 @@ class SoPoData:
 def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float]:
     """Finetune ``data.generator.policy`` in place with SoPo (beta ``job.beta``) and save it (adapters merged)
     to ``job.out_dir``.
+
+    Under ``accelerate launch`` each process draws its share of every step's online samples (``generate_shared``)
+    and holds them all, so every process picks the same pairs; it trains on its share of the pairs, the loss
+    weighted by ``share_weight`` under DDP, and the metrics gather every share's rows. Only the main process saves.
 
     Logs every step under ``sopo/``: the loss, its two terms (``preferred_term`` beta_w rho_w and
     ``unpreferred_term`` 1[valuable] beta rho_l, batch means), beta_w's batch mean / min / max, the share of
@@ -114,6 +141,7 @@ def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float
     torch.manual_seed(job.seed)
     rng = random.Random(job.seed)
     reference, params, optimiser = job.start(policy, config.lr, config.weight_decay)
+    accel = job.accelerator
     preferred_embeddings = scorer.encode_motion(list(motions)).cpu()
 
     per_epoch = min(config.captions_per_epoch or len(examples), len(examples))
@@ -130,7 +158,7 @@ def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float
             captions = [rng.choice(examples[i].captions) for i in rows]
             seeds = [rng.randrange(2**31) for _ in range(len(rows) * config.k)]
             policy.model.eval()
-            generation = policy_generator.generate([c for c in captions for _ in range(config.k)], seeds)
+            generation = generate_shared(policy_generator, [c for c in captions for _ in range(config.k)], seeds, accel)
             policy.model.train()
             valid = torch.tensor([f is not None for f in generation.features]).view(len(rows), config.k)
             sample_emb = torch.zeros(len(rows) * config.k, preferred_embeddings.shape[1])
@@ -154,23 +182,29 @@ def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float
                 for r, i in enumerate(rows)
             ]
             preferred_codes = [examples[i].codes for i in rows]
-            ref_w = reference.logprobs(captions, preferred_codes)
-            ref_l = reference.logprobs(captions, loser_codes)
-            pw, pl = pair_logprobs(policy, captions, preferred_codes, loser_codes)
-            device = pw.device
             if config.variant in REWEIGHTED:
                 beta_w = sopo_weight(similarity, beta, config.c)
             else:
                 beta_w = torch.full_like(similarity, beta)
-            loss = sopo_loss(
-                pw, ref_w.to(device), pl, ref_l.to(device), beta_w.to(device), beta, valuable.to(device)
-            ).mean()
+            # every process holds the whole batch's pairs; each trains on its share of them
+            part, counted = share_to_train(range(len(rows)), accel)
+            mine = [captions[r] for r in part]
+            with bare_model(policy, accel):  # no training pass: the reference must not join DDP's collectives
+                ref_w = reference.logprobs(mine, [preferred_codes[r] for r in part])
+                ref_l = reference.logprobs(mine, [loser_codes[r] for r in part])
+            pw, pl = pair_logprobs(policy, mine, [preferred_codes[r] for r in part], [loser_codes[r] for r in part])
+            device = pw.device
+            losses = sopo_loss(
+                pw, ref_w.to(device), pl, ref_l.to(device), beta_w[part].to(device), beta, valuable[part].to(device)
+            )
             optimiser.zero_grad(set_to_none=True)
-            job.accelerator.backward(loss)
-            job.accelerator.clip_grad_norm_(params, config.grad_clip)
+            accel.backward(losses.mean() * share_weight(len(part) if counted else 0, len(rows), accel))
+            accel.clip_grad_norm_(params, config.grad_clip)
             optimiser.step()
             step += 1
-            rho_w, rho_l = pw.detach().cpu() - ref_w, pl.detach().cpu() - ref_l
+            loss = gather_rows(losses.detach(), counted, accel).mean()
+            rho_w = gather_rows(pw.detach().cpu() - ref_w, counted, accel)
+            rho_l = gather_rows(pl.detach().cpu() - ref_l, counted, accel)
             preferred_term = beta_w * rho_w
             unpreferred_term = torch.where(valuable, beta * rho_l, torch.zeros_like(rho_l))
             has_valid = valid.any(dim=1)

@@ -3,24 +3,35 @@
 Random windows of normalised training clips, AdamW, a linear warm-up then step decay, loss =
 reconstruction + commit * commitment + vel * velocity. Evaluation reconstructs whole clips and
 reports joint-space error (MPJPE, mm), codebook usage and perplexity.
+
+Under ``accelerate launch`` every process draws each global batch of windows whole and trains on its share
+(``motionpref.distributed``), its loss weighted so that DDP's mean gradient is the whole batch's; the quantiser
+sums its code statistics over the processes and resets dead codes from the whole batch's latents, so every
+process holds the codebook one process would. The main process validates and saves.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from motionpref.config import VQVAETrainConfig
+from motionpref.config import LaunchConfig, VQVAETrainConfig
+from motionpref.distributed import accelerator, gather_rows, reduce_sum, share_to_train, share_weight
 from motionpref.io import atomic_dir
 from motionpref.models.vqvae import MotionVQVAE, VQVAEConfig, perplexity_of_counts, tokenize
 from motionpref.motion.features import recover_joints
 from motionpref.motion.skeleton import HUMANML3D, Skeleton
 from motionpref.progress import track
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 LogMetric = Callable[[str, float, int], None]
 
@@ -86,6 +97,22 @@ def _sample_windows(clips: list[np.ndarray], batch: int, window: int, rng: np.ra
     idx = rng.integers(0, len(clips), size=batch)
     starts = [int(rng.integers(0, len(clips[i]) - window + 1)) for i in idx]
     return torch.from_numpy(np.stack([clips[i][s : s + window] for i, s in zip(idx, starts, strict=True)]))
+
+
+@dataclass(frozen=True)
+class _SharedWindows:
+    """The global batch of windows this process trains a share of, as its quantiser sees it
+    (``models.vqvae.SharedBatch``); a stand-in share (``counted`` False) adds nothing to it."""
+
+    accel: Accelerator
+    counted: bool
+
+    def sum(self, stats: torch.Tensor) -> torch.Tensor:
+        return self.accel.reduce(stats if self.counted else torch.zeros_like(stats), reduction="sum")
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        # back on x's device: the reset's randperm must draw from the generator one process would use
+        return gather_rows(x, self.counted, self.accel).to(x.device)
 
 
 def mpjpe(pred_joints: np.ndarray, true_joints: np.ndarray, align_root: bool = True) -> float:
@@ -162,12 +189,17 @@ def train_vqvae(
     out_dir: str | Path,
     log_metric: LogMetric | None = None,
     skeleton: Skeleton = HUMANML3D,
+    accel: Accelerator | None = None,
 ) -> dict[str, float]:
     """Train a VQ-VAE on un-normalised clips (T, D) normalised here with the dataset ``mean``/``std``.
 
     Clips shorter than ``train_config.window`` are not sampled. Saves the model to ``out_dir``
     (``MotionVQVAE.load`` reads it) and returns the last logged training losses (``train_*``),
     ``evaluate_vqvae`` on ``val_features`` (``val_*``) and ``seconds_per_step``.
+
+    Under ``accelerate launch`` (``accel`` of several processes) each process trains on its share of every
+    global batch of windows (module docstring); the main one alone validates and saves, so only its answer
+    has the ``val_*`` metrics.
     """
     if model_config.feature_dim != len(mean):
         raise ValueError(f"model feature_dim {model_config.feature_dim} != len(mean) {len(mean)}")
@@ -182,10 +214,18 @@ def train_vqvae(
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = MotionVQVAE(model_config).train()
+    accel = accel or accelerator(LaunchConfig())
+    bare = MotionVQVAE(model_config).train()
     optimiser = torch.optim.AdamW(
-        model.parameters(), lr=train_config.lr, betas=(0.9, 0.99), weight_decay=train_config.weight_decay
+        bare.parameters(), lr=train_config.lr, betas=(0.9, 0.99), weight_decay=train_config.weight_decay
     )
+    model, optimiser = accel.prepare(bare, optimiser)
+    # the same windows of every batch each step (a contiguous share), and what its mean weighs in the batch's
+    part, counted = share_to_train(range(train_config.batch_size), accel)
+    mine = slice(part[0], part[-1] + 1)
+    weight = share_weight(len(part) if counted else 0, train_config.batch_size, accel)
+    if accel.num_processes > 1:
+        bare.quantizer.shared_batch = _SharedWindows(accel, counted)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
         lambda s: lr_factor(s, train_config.warmup_steps, train_config.lr_milestones, train_config.gamma),
@@ -194,14 +234,17 @@ def train_vqvae(
     last: dict[str, float] = {}
     start = time.perf_counter()
     for step in track(range(train_config.steps), description="train vqvae", total=train_config.steps):
-        x = _sample_windows(train, train_config.batch_size, train_config.window, rng)
+        # the whole global batch is drawn in every process, so it does not depend on how many share it
+        x = _sample_windows(train, train_config.batch_size, train_config.window, rng)[mine].to(accel.device)
         recon, commit_loss, perplexity = model(x)
         loss, parts = vqvae_loss(recon, x, commit_loss, train_config.commit, train_config.vel)
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        accel.backward(loss * weight)
         optimiser.step()
         scheduler.step()
-        parts["perplexity"] = perplexity.item()
+        # the global batch's means: each share's weighted as its loss is
+        parts = {k: reduce_sum(v * weight, accel) / accel.num_processes for k, v in parts.items()}
+        parts["perplexity"] = perplexity.item()  # of the whole batch's codes already
         for k, v in parts.items():
             running[k] = running.get(k, 0.0) + v
         if (step + 1) % train_config.log_every == 0 or step + 1 == train_config.steps:
@@ -213,9 +256,13 @@ def train_vqvae(
                     log_metric(f"vqvae/train_{k}", v, step + 1)
                 log_metric("vqvae/lr", optimiser.param_groups[0]["lr"], step + 1)
     seconds_per_step = (time.perf_counter() - start) / train_config.steps
+    bare.quantizer.shared_batch = None
+    model = bare.cpu()  # validated, saved and used to tokenise on the CPU
 
     metrics = {f"train_{k}": v for k, v in last.items()}
     metrics["seconds_per_step"] = seconds_per_step
+    if not accel.is_main_process:
+        return metrics
     if val:
         val_metrics = evaluate_vqvae(model, val, mean, std, skeleton)
         metrics.update({f"val_{k}": v for k, v in val_metrics.items()})

@@ -33,8 +33,16 @@ def test_shares_cover_a_batch_once_in_order(n: int, processes: int) -> None:
     parts = [share(rows, _Batch(processes, k)) for k in range(processes)]  # type: ignore[arg-type]
     assert [r for part in parts for r in part] == rows
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    weights = []
     for k, part in enumerate(parts):  # a process left without rows trains on a stand-in that does not count
-        assert share_to_train(rows, _Batch(processes, k)) == ((part, True) if part else (rows[:1], False))  # type: ignore[arg-type]
+        got = share_to_train(rows, _Batch(processes, k))  # type: ignore[arg-type]
+        assert (got.rows, got.counted) == ((part, True) if part else (rows[:1], False))
+        assert got.weight == len(part) * processes / n if part else got.weight == 0.0
+        weights.append(got.weight)
+    # the processes' weighted share means average to the batch's mean; one process weighs exactly 1
+    assert sum(weights) == pytest.approx(processes if n else 0.0)
+    if processes == 1 and n:
+        assert weights == [1.0]
 
 
 def test_which_stages_shard_and_how_they_launch() -> None:
@@ -47,6 +55,7 @@ def test_which_stages_shard_and_how_they_launch() -> None:
     cmd = launch_command(LaunchConfig(processes=2), "motionpref.pipeline.train_policy", ["--params", "p.yaml"])
     # torchrun's launcher, even on a CPU: `--cpu` would make accelerate start one process
     assert cmd[cmd.index("--num_processes") + 1] == "2" and "--multi_gpu" in cmd and "--cpu" not in cmd
+    assert cmd[cmd.index("--dynamo_backend") + 1] == "no" and cmd[cmd.index("--num_machines") + 1] == "1"
     assert cmd[-4:] == ["-m", "motionpref.pipeline.train_policy", "--params", "p.yaml"]
     assert cmd[cmd.index("--mixed_precision") + 1] == "no"  # bf16 is asked for, but this is a CPU
     bf16 = launch_command(LaunchConfig(processes=2, mixed_precision="bf16"), "m", [])

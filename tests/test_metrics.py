@@ -185,6 +185,16 @@ def test_evaluate_model_reports_every_metric_and_is_deterministic():
     assert evaluate_model(real, entries, evaluator, SIZES, seed=0) == result
 
 
+def test_an_evaluation_of_k_replications_is_the_first_k_of_a_longer_one():
+    # what report.compare.stable_replications rests on: replication r draws from the seed's r-th word alone
+    entries, evaluator = tiny_setup()
+    real = ground_truth_sample_fn(entries)
+    three = evaluate_model(real, entries, evaluator, SIZES.model_copy(update={"replications": 3}), seed=4)
+    two = evaluate_model(real, entries, evaluator, SIZES, seed=4)
+    assert {k: v[:2] for k, v in three["replications"].items()} == two["replications"]
+    assert three["replications"]["r_precision_top1"][2] != three["replications"]["r_precision_top1"][0]
+
+
 # A collapsed generator has a singular embedding covariance, on which scipy's sqrtm warns.
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
 def test_evaluate_model_separates_collapsed_motions_from_real_ones():

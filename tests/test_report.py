@@ -14,6 +14,8 @@ from motionpref.report.compare import (
     markdown,
     paired_difference,
     read_report,
+    stability_line,
+    stable_replications,
     verdict,
     winrate_rows,
 )
@@ -79,8 +81,29 @@ def test_seed_gains_rest_on_the_seeds_and_mark_only_intervals_excluding_zero() -
     assert "## Gains over `sft` across seed replicates" in text
     assert "| dpo | +0.025 ± 0.012 ▲ |" in text
     assert "+0.050, -0.040, +0.020" in text
+    assert "first k of its 3 replications for every k from 2 up." in text  # gains equal in every replication
     with pytest.raises(ReportError, match="2 or more replicates"):
         compare_models({"sft": sft, "dpo": steady[0]}, "sft", replicates={"dpo": steady[:1]})
+
+
+def test_stable_replications_finds_the_fewest_that_keep_every_verdict() -> None:
+    base = [0.50] * 6
+    sft = metrics_report(base, [0.2] * 6)
+    # each seed's R@1 gain: +0.03 in the first two replications, then -0.03 in the last four
+    flips = [metrics_report([0.53 + s, 0.53 + s, 0.47, 0.47, 0.47, 0.47], [0.2] * 6) for s in (0.0, 0.002, 0.004)]
+    table = stable_replications(sft, {"dpo": flips})
+    assert table["replications"] == 6
+    # per seed on k replications: (0.06 + 2 s - 0.03 (k - 2)) / k; on all 6, -0.01 + s / 3 (worse)
+    assert table["changed"][2] == 2  # +0.03 + s: R@1 and R@3 better instead of worse
+    assert table["changed"][3] == 2  # +0.01 + 2 s / 3: still better
+    assert table["changed"][4] == 2  # s / 2: 0.000, 0.001, 0.002, within
+    assert table["changed"][5] == 0 and table["changed"][6] == 0  # -0.006 + 0.4 s: worse
+    assert table["stable_from"] == 5
+    assert stability_line(table).endswith("from 5 up; verdicts that change with fewer: 2 at 2, 2 at 3, 2 at 4.")
+    steady = [metrics_report([b + g for b in base], [0.2] * 6) for g in (0.02, 0.03, 0.025)]
+    assert stable_replications(sft, {"dpo": steady})["stable_from"] == 2
+    with pytest.raises(ReportError, match="2 or more"):
+        stable_replications(metrics_report([0.5], [0.2]), {"dpo": [metrics_report([0.5], [0.2])] * 2})
 
 
 def test_retried_metrics_are_a_secondary_table() -> None:

@@ -145,7 +145,14 @@ def test_the_table_is_built_from_mlflow_alone(project: Path) -> None:
         got = table["variants"][variant]["seed_gains"]["dpo"]["r_precision_top1"]
         assert got["per_seed"] == pytest.approx(gains)
         assert got["mean"] == pytest.approx(sum(gains) / 3)
+    # each seed's gain is the same in every replication: no verdict depends on how many the evaluation keeps
+    stable = {"replications": 4, "stable_from": 2, "changed": {"2": 0, "3": 0, "4": 0}}
+    assert all(table["variants"][v]["stability"] == stable for v in GAINS)
     text = md.read_text()
+    assert (
+        "algo.beta=0.2: Evaluation size: every verdict above (▲, ▼ or none) is the same when each evaluation keeps "
+        "only its first k of its 4 replications for every k from 2 up." in text
+    )
     assert "| algo.beta=0.1 | dpo | 3 |" in text and "+0.020 ± " in text
     row = {line.split(" | ")[0]: line for line in text.splitlines() if "| dpo | 3 |" in line}
     assert row["| algo.beta=0.1"].endswith("| R@1 up | no (R@1 within) |")
@@ -242,6 +249,8 @@ def test_a_curves_suite_reads_every_replicates_history(project: Path) -> None:
     assert rows["ppo/kl"]["change"]["per_seed"] == pytest.approx([1.0, 1.1, 1.1])
     assert rows["ppo/kl"]["change"]["verdict"] == "rises" and rows["ppo/score_mean"]["change"]["verdict"] == "rises"
     assert [c["steps"] for c in rows["ppo/kl"]["series"]] == [[1, 2, 3], [1, 2, 3, 4], [1, 2, 3]]
+    # one run: the legend tells the replicates by their stage
+    assert [c["label"] for c in rows["ppo/kl"]["series"]] == ["rlhf", "rlhf_s1", "rlhf_s2"]
     text = md.read_text()
     assert (
         "| base | ppo/kl | 3 | 3/4 | 0.033 | 1.100 | +1.067 ± " in text
@@ -268,6 +277,11 @@ def test_a_curves_suites_seeds_can_set_another_param(project: Path) -> None:
         log_stage(project, run.params, "train_reward", histories={"reward/val_loss": curve})
     table = json.loads(main_report("r", project).with_suffix(".json").read_text())
     assert table["variants"]["base"]["reward/val_loss"]["change"]["per_seed"] == pytest.approx([-0.05, 0.0])
+    # one stage: the legend tells the replicates by the seed that made them
+    assert [c["label"] for c in table["variants"]["base"]["reward/val_loss"]["series"]] == [
+        "reward.seed 0",
+        "reward.seed 1",
+    ]
 
 
 @pytest.mark.parametrize(

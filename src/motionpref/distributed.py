@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar
 
 from motionpref.config import LaunchConfig
 
@@ -109,6 +109,7 @@ def launch_command(config: LaunchConfig, module: str, args: Sequence[str]) -> li
         # torchrun's launcher, on CPU too: `--cpu` would pick accelerate's simple launcher, which starts one process
         # (it runs several only through mpirun); Accelerator(cpu=True) then joins them over gloo
         cmd += ["--multi_gpu"]
+        cmd += ["--dynamo_backend", "no"]  # every value given: accelerate warns of each default it fills in
     cmd += ["--mixed_precision", mixed_precision(config), "-m", module, *args]
     return cmd
 
@@ -143,12 +144,23 @@ def share(rows: Sequence[T], accel: Accelerator) -> list[T]:
     return list(rows[begin : begin + n // world + (rank < n % world)])
 
 
-def share_to_train(rows: Sequence[T], accel: Accelerator) -> tuple[list[T], bool]:
-    """This process's rows of a training batch (``share``) and whether they count. A process the batch leaves
-    without rows gets its first row as a stand-in, to be weighted 0: it must still run a forward and backward pass
-    to join DDP's all-reduce of the gradients."""
+class TrainShare(NamedTuple, Generic[T]):
+    """``share_to_train``'s answer: this process's rows of a training batch, whether they count, and the weight
+    of a mean over them (``share_weight`` of the rows; 0 for a stand-in)."""
+
+    rows: list[T]
+    counted: bool
+    weight: float
+
+
+def share_to_train(rows: Sequence[T], accel: Accelerator) -> TrainShare[T]:
+    """This process's rows of a training batch (``share``), whether they count, and the weight of a mean over
+    them. A process the batch leaves without rows gets its first row as a stand-in, weighted 0: it must still
+    run a forward and backward pass to join DDP's all-reduce of the gradients."""
     mine = share(rows, accel)
-    return (mine, True) if mine else (list(rows[:1]), False)
+    if mine:
+        return TrainShare(mine, True, share_weight(len(mine), len(rows), accel))
+    return TrainShare(list(rows[:1]), False, 0.0)
 
 
 def share_weight(local: float, total: float, accel: Accelerator) -> float:

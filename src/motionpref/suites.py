@@ -38,7 +38,15 @@ from pydantic import Field, ValidationError, model_validator
 
 from motionpref.config import ConfigError, Params, Section, error_lines, parse_params
 from motionpref.pipeline import OUTPUTS_ARTIFACT, artifacts, lineage_hash, stage_addresses, upstream
-from motionpref.report.compare import METRICS, PAIRED, compare_models, signed, t_interval, verdict
+from motionpref.report.compare import (
+    METRICS,
+    PAIRED,
+    compare_models,
+    signed,
+    stability_line,
+    t_interval,
+    verdict,
+)
 
 SUITES_FILE = "suites.yaml"
 TABLES_DIR = "reports/tables"
@@ -507,7 +515,12 @@ def _curve_rows(name: str, spec: SuiteSpec, vruns: Sequence[SuiteRun], hit: Hit,
     assert spec.curves is not None
     series: dict[str, list[dict[str, Any]]] = {m: [] for m in spec.curves.metrics}
     for run in vruns:
-        for address in targets(spec, run.params, dvc_yaml):
+        addresses = targets(spec, run.params, dvc_yaml)
+        for address in addresses:
+            # what tells this replicate from the others in a figure's legend: the run's seed, the stage's replicate
+            label = ", ".join(
+                [f"{spec.seed_key} {run.seed}"] * (len(vruns) > 1) + [address.split("@")[-1]] * (len(addresses) > 1)
+            )
             mlflow_run = hit(run, address)
             for metric in spec.curves.metrics:
                 # several values at one step (a retried log) keep the last written
@@ -520,7 +533,12 @@ def _curve_rows(name: str, spec: SuiteSpec, vruns: Sequence[SuiteRun], hit: Hit,
                     )
                 by_step = {step: value for step, _, value in points}
                 series[metric].append(
-                    {"replicate": f"{run.name}:{address}", "steps": list(by_step), "values": list(by_step.values())}
+                    {
+                        "replicate": f"{run.name}:{address}",
+                        "label": label,
+                        "steps": list(by_step),
+                        "values": list(by_step.values()),
+                    }
                 )
     _too_few(name, series, "a curve's change")
     rows = {}
@@ -637,6 +655,8 @@ def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
                 + f" | {r1['p']:.3f} |"
                 + _paper_cells(paper, cited, gains[metric]["verdict"], METRICS[metric][0])
             )
+    for variant, comparison in table["variants"].items():
+        out += ["", (f"{variant}: " if len(table["variants"]) > 1 else "") + stability_line(comparison["stability"])]
     return out
 
 
@@ -779,7 +799,7 @@ def curves_figure(table: Mapping[str, Any], path: Path) -> None:
                     curve["values"],
                     marker=".",
                     lw=1,
-                    label=_label(table, variant, curve["replicate"].split(":")[-1]),
+                    label=_label(table, variant, curve["label"]),
                 )
         ax.set_xlabel("step")
         ax.set_title(metric)

@@ -140,16 +140,66 @@ def compare_models(
         for name, report in metrics.items()
         if name not in (baseline, "gt")
     }
-    seed_gains: dict[str, dict[str, Any]] = {}
-    for name, reports in (replicates or {}).items():
+    gains = seed_gains(base, replicates or {}, bw)
+    out = {"baseline": baseline, "metrics": rows, "retried": retried, "vs_baseline": diffs, "seed_gains": gains}
+    return {**out, "stability": stable_replications(base, replicates)} if replicates else out
+
+
+def seed_gains(
+    base: Mapping[str, Any], replicates: Mapping[str, Sequence[Mapping[str, Any]]], base_where: str = "baseline"
+) -> dict[str, dict[str, Any]]:
+    """Each replicated model's gain over ``base`` in every paired metric: one mean paired difference per seed
+    replicate, their t interval across the seeds and its verdict."""
+    gains: dict[str, dict[str, Any]] = {}
+    for name, reports in replicates.items():
         if len(reports) < 2:
             raise ReportError(f"{name}: a gain across seeds needs 2 or more replicates, got {len(reports)}")
-        seed_gains[name] = {}
+        gains[name] = {}
         for m in PAIRED:
-            per_seed = [_paired(r, base, m, f"{name} replicate {k}", bw)["mean"] for k, r in enumerate(reports)]
+            per_seed = [_paired(r, base, m, f"{name} replicate {k}", base_where)["mean"] for k, r in enumerate(reports)]
             g = t_interval(per_seed)
-            seed_gains[name][m] = {**g, "per_seed": per_seed, "verdict": verdict(g, METRICS[m][1])}
-    return {"baseline": baseline, "metrics": rows, "retried": retried, "vs_baseline": diffs, "seed_gains": seed_gains}
+            gains[name][m] = {**g, "per_seed": per_seed, "verdict": verdict(g, METRICS[m][1])}
+    return gains
+
+
+def stability_line(stability: Mapping[str, Any]) -> str:
+    """One sentence on ``stable_replications``' answer, for a table of seed-replicate gains."""
+    n, k = stability["replications"], stability["stable_from"]
+    changed = {int(c): v for c, v in stability["changed"].items()}
+    flips = ", ".join(f"{v} at {c}" for c, v in sorted(changed.items()) if v)
+    return (
+        f"Evaluation size: every verdict above (▲, ▼ or none) is the same when each evaluation keeps only its first "
+        f"k of its {n} replications for every k from {k} up"
+        + (f"; verdicts that change with fewer: {flips}." if flips else ".")
+    )
+
+
+def _first(report: Mapping[str, Any], k: int) -> dict[str, Any]:
+    """``report`` as an evaluation of only its first ``k`` replications would have written it (the same seed
+    draws the same captions, crops and batches for replication r whatever the count)."""
+    return {**report, "replications": {m: list(v)[:k] for m, v in report["replications"].items()}}
+
+
+def stable_replications(
+    base: Mapping[str, Any], replicates: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> dict[str, Any]:
+    """How few of the evaluation's replications give the seed-replicate gains the same verdicts: every gain
+    (``seed_gains``) recomputed on the first k replications of each evaluation, k = 2 .. n. ``changed[k]``
+    counts the (model, metric) verdicts that differ from those on all n; ``stable_from`` is the smallest k from
+    which none differs, at k and every larger count. A check of the evaluation's size for a table's conclusions,
+    not of the training seeds: those stay as they are."""
+    n = len(replications(base, PAIRED[0], "baseline"))
+    if n < 2:
+        raise ReportError(f"the baseline's evaluation has {n} replication; a stability check needs 2 or more")
+    full = seed_gains(base, replicates)
+    changed = {}
+    for k in range(2, n + 1):
+        cut = seed_gains(_first(base, k), {m: [_first(r, k) for r in reps] for m, reps in replicates.items()})
+        changed[k] = sum(cut[m][x]["verdict"] != full[m][x]["verdict"] for m in full for x in PAIRED)
+    stable_from = n
+    while stable_from > 2 and changed[stable_from - 1] == 0:
+        stable_from -= 1
+    return {"replications": n, "stable_from": stable_from, "changed": changed}
 
 
 def winrate_rows(winrates: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -240,6 +290,7 @@ def markdown(
                 + " | ".join(signed(gains[m]) for m in PAIRED)
                 + f" | {', '.join(f'{g:+.3f}' for g in r1['per_seed'])} | {r1['p']:.3f} |"
             )
+        out += ["", stability_line(comparison["stability"])]
     if comparison["vs_baseline"]:
         out += [
             "",

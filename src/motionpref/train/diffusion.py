@@ -228,12 +228,6 @@ def train_policy(
     def texts(rows: list[int]) -> list[str]:
         return [caption_rng.choice(data.captions[i]) for i in rows]
 
-    def share(rows: list[int]) -> tuple[list[int], float]:
-        """This process's positions in the global batch ``rows`` and the weight of a mean over them (0 for a
-        stand-in)."""
-        part, counted = share_to_train(range(len(rows)), accel)
-        return part, share_weight(len(part) if counted else 0, len(rows), accel)
-
     out: dict[str, float] = {}
     latents: Tensor | None = None
     if isinstance(policy, MLDPolicy):
@@ -246,7 +240,7 @@ def train_policy(
             # process
             x, mask = batch(rows)
             noise = torch.randn((len(rows), mld.config.latent_size, mld.config.latent_dim), generator=generator)
-            part, row_weight = share(rows)
+            part, _, row_weight = share_to_train(range(len(rows)), accel)
             frames = mask[part].sum().item() if row_weight else 0
             frame_weight = share_weight(frames, mask.sum().item(), accel)
             return mld.vae_loss(x[part], mask[part], None, noise[part], frame_weight, row_weight)
@@ -259,7 +253,7 @@ def train_policy(
         captions = texts(rows)
         x0, dmask = (latents[rows], None) if latents is not None else policy.to_diffusion(*batch(rows))
         t, drop, noise = policy.training_draws(tuple(x0.shape), generator)
-        part, weight = share(rows)
+        part, _, weight = share_to_train(range(len(rows)), accel)
         dmask = None if dmask is None else dmask[part]
         losses = policy.conditioned_losses(
             x0[part], dmask, [captions[i] for i in part], t[part], drop[part], noise[part]
@@ -567,10 +561,10 @@ def _dpo_epoch(
         frames = max(x_w.shape[1], x_l.shape[1])  # pad both to one length: the pair shares its noise
         x_w, x_l = (torch.nn.functional.pad(x, (0, 0, 0, frames - x.shape[1])) for x in (x_w, x_l))
         lengths_w, lengths_l = [len(p.preferred) for p in chunk], [len(p.rejected) for p in chunk]
-        part, counted = share_to_train(range(len(chunk)), accel)
+        part, counted, weight = share_to_train(range(len(chunk)), accel)
         l_w, l_l, r_w, r_l = run.pair_losses(x_w, x_l, lengths_w, [p.caption for p in chunk], lengths_l, part)
         losses = diffusion_dpo_loss(l_w, l_l, r_w.to(l_w.device), r_l.to(l_w.device), beta)
-        run.update(losses.mean() * share_weight(len(part) if counted else 0, len(chunk), accel))
+        run.update(losses.mean() * weight)
         losses = gather_rows(losses.detach(), counted, accel)
         inside = gather_rows(((l_w.detach() - r_w) - (l_l.detach() - r_l)).cpu(), counted, accel)
         metrics = {

@@ -185,11 +185,10 @@ def run(job: FinetuneJob, config: DPOConfig, data: DPOData) -> dict[str, float]:
         loss_sum = acc_sum = 0.0
         for begin in track(range(0, len(order), config.batch_size), f"{config.loss} epoch {epoch}", steps_per_epoch):
             rows = order[begin : begin + config.batch_size]
-            part, counted = share_to_train(rows, accel)
+            part, counted, pair_weight = share_to_train(rows, accel)
             pw, pl, sum_w, len_w = batch_logprobs(policy, [train[i] for i in part], reduction)
             device = pw.device
             rw, rl = ref_train[0][part].to(device), ref_train[1][part].to(device)
-            pair_weight = share_weight(len(part) if counted else 0, len(rows), accel)
             token_weight = 1.0
             if config.sft_weight:  # the SFT term is a token mean: weighted by this share's chosen tokens
                 chosen_tokens = len_w.sum().item() if counted else 0

@@ -37,7 +37,6 @@ from motionpref.distributed import (
     gather_with_grad,
     reduce_sum,
     share_to_train,
-    share_weight,
 )
 from motionpref.models.evaluator import (
     N_CONTACTS,
@@ -194,10 +193,9 @@ def _train_movement_autoencoder(
     usable = [c for c in clips if len(c) >= cfg.decomp_window]
     if not usable:
         raise ValueError(f"no training clip has decomp_window={cfg.decomp_window} frames")
-    mine, counted = share_to_train(range(cfg.batch_size), accel)
-    rows = slice(mine[0], mine[-1] + 1)
     # every term of the loss is a mean over rows of one size: the share's mean, weighted, is its part of the batch's
-    weight = share_weight(len(mine) if counted else 0, cfg.batch_size, accel)
+    mine, _, weight = share_to_train(range(cfg.batch_size), accel)
+    rows = slice(mine[0], mine[-1] + 1)
     last = float("nan")
     steps = track(range(cfg.decomp_steps), description="evaluator: movement AE", total=cfg.decomp_steps)
     with _batch_dropout(model.movement_encoder, rows, cfg.batch_size):
@@ -268,7 +266,7 @@ def train_evaluator(
     motion_params = list(model.motion_encoder.parameters())
     trained = [p for p in text_params + motion_params if p.requires_grad]
     optimiser = torch.optim.Adam(trained, lr=train_config.lr)
-    mine, _ = share_to_train(range(train_config.batch_size), accel)
+    mine = share_to_train(range(train_config.batch_size), accel).rows
     rows = slice(mine[0], mine[-1] + 1)
     val_seed = int(rng.integers(2**31))
     best = {"loss": float("inf")}

@@ -143,7 +143,7 @@ def train_policy(
                 (policy.prompt(rng.choice(train[order[i]].captions), rng.choice(policy.templates)), order[i])
                 for i in rows
             ]
-            part, counted = share_to_train(batch, accel)
+            part, counted, _ = share_to_train(batch, accel)
             scores = policy.token_scores([p for p, _ in part], [train[i].codes for _, i in part])
             n_tokens = scores.mask.sum().item() if counted else 0
             tokens = reduce_sum(n_tokens, accel)

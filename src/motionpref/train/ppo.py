@@ -50,12 +50,18 @@ from transformers import PretrainedConfig, PreTrainedModel
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from motionpref.config import LoraConfig, PPOConfig
-from motionpref.distributed import average_gradients, reduce_sum, share_to_train, share_weight
+from motionpref.distributed import (
+    average_gradients,
+    bare_model,
+    reduce_sum,
+    sharded_generator,
+    share_to_train,
+    share_weight,
+)
 from motionpref.models.generator import MotionGenerator
 from motionpref.models.policy import MotionPolicy, _MotionGrammar
 from motionpref.progress import track
 from motionpref.train.preference import FinetuneJob, Reference, apply_lora, disable_dropout
-from motionpref.train.sopo import generate_shared
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -512,7 +518,8 @@ class _PPO:
     def step(self, captions: list[str], seeds: list[int]) -> dict[str, float]:
         """Sample one motion per caption, then PPO updates on the valid ones; the step's metrics."""
         config = self.config
-        samples = generate_shared(self.sampler, captions, seeds, self.accel, decode=False)
+        with bare_model(self.sampler.policy, self.accel):  # a DDP wrapper has no generate
+            samples = sharded_generator(self.sampler, self.accel).generate(captions, seeds, decode=False)
         metrics = {"invalid_rate": samples.n_invalid / len(captions)}
         keep = [i for i, ok in enumerate(samples.valid) if ok]
         if not keep:
@@ -582,7 +589,7 @@ class _PPO:
         are weighted by the share's answer tokens (``share_weight``) and the replicas' gradients averaged
         (``average_gradients``), so every process takes the mini-batch's step; the metrics are its token means."""
         policy, config, accel = self.policy, self.config, self.accel
-        rows, counted = share_to_train(index.tolist(), accel)
+        rows, counted, _ = share_to_train(index.tolist(), accel)
         prompts = [rollout.prompts[i] for i in rows]
         codes = [rollout.codes[i] for i in rows]
         layout = answer_layout(policy, prompts, codes, policy.model.config)

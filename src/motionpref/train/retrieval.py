@@ -205,7 +205,7 @@ def train_retrieval(
 
     batch_size = min(config.batch_size, len(train_entries))
     steps_per_epoch = len(train_entries) // batch_size
-    mine, _ = share_to_train(range(batch_size), accel)
+    mine = share_to_train(range(batch_size), accel).rows
     rows = slice(mine[0], mine[-1] + 1)
     best: dict[str, float] = {}
     best_state: dict[str, torch.Tensor] = {}

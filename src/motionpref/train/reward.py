@@ -25,7 +25,7 @@ from transformers import PrinterCallback, TrainerCallback, TrainerControl, Train
 from trl import RewardConfig, RewardTrainer
 
 from motionpref.config import RewardTrainConfig
-from motionpref.distributed import gather_rows, share_to_train, share_weight
+from motionpref.distributed import gather_rows, share_to_train
 from motionpref.models.reward import RewardModel
 from motionpref.progress import interactive
 from motionpref.train.losses import bradley_terry_loss
@@ -171,7 +171,7 @@ class _ShardedRewardTrainer(RewardTrainer):
         batch's."""
         accel = self.accelerator
         pairs = len(inputs["input_ids"]) // 2  # the chosen rows, then the rejected ones
-        rows, counted = share_to_train(range(pairs), accel)
+        rows, counted, weight = share_to_train(range(pairs), accel)
         if len(rows) < pairs:
             both = torch.tensor([*rows, *(pairs + r for r in rows)], device=inputs["input_ids"].device)
             inputs = {k: v[both[: len(rows)]] if k == "margin" else v[both] for k, v in inputs.items()}
@@ -180,7 +180,7 @@ class _ShardedRewardTrainer(RewardTrainer):
         pair_losses = bradley_terry_loss(
             rewards_chosen, rewards_rejected, inputs.get("margin"), self.args.center_rewards_coefficient
         )
-        loss = pair_losses.mean() * share_weight(len(rows) if counted else 0, pairs, accel)
+        loss = pair_losses.mean() * weight
         with torch.no_grad():
             metrics = self._metrics["train" if self.model.training else "eval"]
             correct = gather_rows((rewards_chosen > rewards_rejected).float(), counted, accel)

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from motionpref.config import SoPoConfig
-from motionpref.distributed import bare_model, gather_rows, share_to_train, share_weight, shared_rows
-from motionpref.models.generator import Generation, MotionGenerator
+from motionpref.distributed import bare_model, gather_rows, sharded_generator, share_to_train
+from motionpref.models.generator import MotionGenerator
 from motionpref.models.retrieval import RetrievalModel, cosine_to_score
 from motionpref.progress import track
 from motionpref.train.losses import sopo_loss, sopo_weight
@@ -46,7 +46,7 @@ from motionpref.train.policy import PolicyExample
 from motionpref.train.preference import FinetuneJob, pair_logprobs
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
+    pass
 
 FILTERED = ("usopo", "sopo")  # variants with the valuable-unpreferred filter
 REWEIGHTED = ("sopo_no_vu", "sopo")  # variants with beta_w
@@ -86,24 +86,6 @@ def semi_online_pairs(
     return loser, score, valuable, similarity
 
 
-def generate_shared(
-    generator: MotionGenerator, captions: Sequence[str], seeds: Sequence[int], accel: Accelerator, **options: bool
-) -> Generation:
-    """``generator.generate`` (``options`` its keywords) with the captions shared across the launched processes
-    (``shared_rows``) and the samples gathered back in order, on the bare policy (a distributed wrapper has no
-    ``generate``). Each sample is drawn (and retried) from its own seed, so every process holds what one process
-    draws; only the VQ-VAE's decoding of a share rounds as its batch size makes it."""
-
-    def draw(rows: list[int]) -> list[tuple[np.ndarray | None, list[int], int, int, bool]]:
-        out = generator.generate([captions[i] for i in rows], [seeds[i] for i in rows], **options)
-        return list(zip(out.features, out.codes, out.seeds, out.attempts, out.valid, strict=True))
-
-    with bare_model(generator.policy, accel):
-        rows = shared_rows(len(captions), draw, accel)
-    features, codes, drawn_seeds, attempts, valid = (list(column) for column in zip(*rows, strict=True))
-    return Generation(features, codes, drawn_seeds, attempts, valid)
-
-
 @dataclass
 class SoPoData:
     """The sampler of the policy to finetune (``generator.policy``, sampling with ``config.sampling``), the
@@ -120,9 +102,10 @@ def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float
     """Finetune ``data.generator.policy`` in place with SoPo (beta ``job.beta``) and save it (adapters merged)
     to ``job.out_dir``.
 
-    Under ``accelerate launch`` each process draws its share of every step's online samples (``generate_shared``)
-    and holds them all, so every process picks the same pairs; it trains on its share of the pairs, the loss
-    weighted by ``share_weight`` under DDP, and the metrics gather every share's rows. Only the main process saves.
+    Under ``accelerate launch`` each process draws its share of every step's online samples
+    (``distributed.sharded_generator``) and holds them all, so every process picks the same pairs; it trains on its
+    share of the pairs, the loss weighted by ``share_weight`` under DDP, and the metrics gather every share's rows.
+    Only the main process saves.
 
     Logs every step under ``sopo/``: the loss, its two terms (``preferred_term`` beta_w rho_w and
     ``unpreferred_term`` 1[valuable] beta rho_l, batch means), beta_w's batch mean / min / max, the share of
@@ -158,7 +141,10 @@ def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float
             captions = [rng.choice(examples[i].captions) for i in rows]
             seeds = [rng.randrange(2**31) for _ in range(len(rows) * config.k)]
             policy.model.eval()
-            generation = generate_shared(policy_generator, [c for c in captions for _ in range(config.k)], seeds, accel)
+            with bare_model(policy_generator.policy, accel):  # a DDP wrapper has no generate
+                generation = sharded_generator(policy_generator, accel).generate(
+                    [c for c in captions for _ in range(config.k)], seeds
+                )
             policy.model.train()
             valid = torch.tensor([f is not None for f in generation.features]).view(len(rows), config.k)
             sample_emb = torch.zeros(len(rows) * config.k, preferred_embeddings.shape[1])
@@ -187,7 +173,7 @@ def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float
             else:
                 beta_w = torch.full_like(similarity, beta)
             # every process holds the whole batch's pairs; each trains on its share of them
-            part, counted = share_to_train(range(len(rows)), accel)
+            part, counted, weight = share_to_train(range(len(rows)), accel)
             mine = [captions[r] for r in part]
             with bare_model(policy, accel):  # no training pass: the reference must not join DDP's collectives
                 ref_w = reference.logprobs(mine, [preferred_codes[r] for r in part])
@@ -198,7 +184,7 @@ def run(job: FinetuneJob, config: SoPoConfig, data: SoPoData) -> dict[str, float
                 pw, ref_w.to(device), pl, ref_l.to(device), beta_w[part].to(device), beta, valuable[part].to(device)
             )
             optimiser.zero_grad(set_to_none=True)
-            accel.backward(losses.mean() * share_weight(len(part) if counted else 0, len(rows), accel))
+            accel.backward(losses.mean() * weight)
             accel.clip_grad_norm_(params, config.grad_clip)
             optimiser.step()
             step += 1

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from motionpref.config import LaunchConfig, VQVAETrainConfig
-from motionpref.distributed import accelerator, gather_rows, reduce_sum, share_to_train, share_weight
+from motionpref.distributed import accelerator, gather_rows, reduce_sum, share_to_train
 from motionpref.io import atomic_dir
 from motionpref.models.vqvae import MotionVQVAE, VQVAEConfig, perplexity_of_counts, tokenize
 from motionpref.motion.features import recover_joints
@@ -221,9 +221,8 @@ def train_vqvae(
     )
     model, optimiser = accel.prepare(bare, optimiser)
     # the same windows of every batch each step (a contiguous share), and what its mean weighs in the batch's
-    part, counted = share_to_train(range(train_config.batch_size), accel)
+    part, counted, weight = share_to_train(range(train_config.batch_size), accel)
     mine = slice(part[0], part[-1] + 1)
-    weight = share_weight(len(part) if counted else 0, train_config.batch_size, accel)
     if accel.num_processes > 1:
         bare.quantizer.shared_batch = _SharedWindows(accel, counted)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -154,6 +154,8 @@ def test_the_table_is_built_from_mlflow_alone(project: Path) -> None:
         "only its first k of its 4 replications for every k from 2 up." in text
     )
     assert "| algo.beta=0.1 | dpo | 3 |" in text and "+0.020 ± " in text
+    # labels left, numbers right, the paper's words left
+    assert "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n" in text
     row = {line.split(" | ")[0]: line for line in text.splitlines() if "| dpo | 3 |" in line}
     assert row["| algo.beta=0.1"].endswith("| R@1 up | no (R@1 within) |")
     assert row["| algo.beta=0.2"].endswith("| flat | yes (R@1 within) |")
@@ -225,6 +227,7 @@ def test_a_winrate_suite_reads_one_study_per_seed_and_tests_win_minus_loss_acros
     assert rows[0].startswith("| base | dpo | sft | 1 | 3 | 30.0% | 50.0% | 20.0% | +0.100 ± ")
     assert rows[0].endswith("| DPO preferred at every temperature | yes (win − loss better) |")
     assert rows[1].endswith("| no (win − loss within) |")
+    assert "\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n" in md.read_text()
     from PIL import Image
 
     with Image.open(md.with_suffix(".png")) as png:  # Fig. 3: rates against temperature
@@ -256,6 +259,7 @@ def test_a_curves_suite_reads_every_replicates_history(project: Path) -> None:
         "| base | ppo/kl | 3 | 3/4 | 0.033 | 1.100 | +1.067 ± " in text
         and "| KL grows | yes (last − first rises) |" in text
     )
+    assert "\n|---|---|---:|---:|---:|---:|---:|---:|---|---|\n" in text
     assert md.with_suffix(".png").is_file()
 
 

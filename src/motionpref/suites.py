@@ -615,15 +615,22 @@ def _paper_cells(paper: Mapping[str, Any], cited: Mapping[str, Any], got: str, l
     return f" {cited.get('result', '')} | {trend_holds(cited, got, label)} |" if paper else ""
 
 
-def _header(table: Mapping[str, Any], how: str, columns: Sequence[str]) -> list[str]:
+def _header(table: Mapping[str, Any], how: str, labels: Sequence[str], numbers: Sequence[str]) -> list[str]:
+    """The table's title, its reading guide and its head: the ``labels`` columns left-aligned, the ``numbers``
+    columns right-aligned, then the paper's two when the suite cites it."""
     paper = bool(table["paper"])
     out = [f"# Suite `{table['suite']}`", ""]
     if table["description"]:
         out += [table["description"], ""]
     holds = " paper: the paper's result for the row; holds: whether ours gets the verdict the paper's finding implies."
     out += [how + (holds if paper else "") + " Built from MLflow by `motionpref suite report`.", ""]
-    columns = [*columns, *(("paper", "holds") if paper else ())]
-    return [*out, "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    cited = ("paper", "holds") if paper else ()
+    columns = [*labels, *numbers, *cited]
+    return [
+        *out,
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(labels) + "---:|" * len(numbers) + "---|" * len(cited),
+    ]
 
 
 def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
@@ -634,7 +641,8 @@ def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
         f"replications); each Δ is the gain over `{baseline}` on the same captions, crops and batches (a mean paired "
         "difference per seed replicate), mean ± 95% Student t interval across the replicates; ▲ better or ▼ worse "
         "only when the interval excludes 0.",
-        ["variant", "model", "seeds", "R@1", "FID", *(f"Δ {METRICS[m][0]}" for m in PAIRED), "p (Δ R@1)"],
+        ["variant", "model"],
+        ["seeds", "R@1", "FID", *(f"Δ {METRICS[m][0]}" for m in PAIRED), "p (Δ R@1)"],
     )
     for variant, comparison in table["variants"].items():
         base = comparison["metrics"][baseline]
@@ -668,7 +676,8 @@ def _winrate_markdown(table: Mapping[str, Any]) -> list[str]:
         "per seed): win, tie and loss rates against the model each started from, means across the seeds; win − loss "
         "is the mean of each study's win rate minus its loss rate ± 95% Student t interval across the seeds; ▲ or ▼ "
         "only when the interval excludes 0.",
-        ["variant", "model", "against", "temperature", "seeds", "win", "tie", "loss", "win − loss", "p"],
+        ["variant", "model", "against"],
+        ["temperature", "seeds", "win", "tie", "loss", "win − loss", "p"],
     )
     for variant, models in table["variants"].items():
         for model, row in models.items():
@@ -690,7 +699,8 @@ def _curves_markdown(table: Mapping[str, Any]) -> list[str]:
         "Training curves as the stage logged them to MLflow, every seed replicate: the first and last logged values "
         "(means across the replicates) and the change from first to last, mean ± 95% Student t interval across the "
         "replicates; ▲ rises or ▼ falls only when the interval excludes 0. The figure draws every replicate.",
-        ["variant", "metric", "replicates", "steps", "first", "last", "last − first", "p"],
+        ["variant", "metric"],
+        ["replicates", "steps", "first", "last", "last − first", "p"],
     )
     for variant, metrics in table["variants"].items():
         for metric, row in metrics.items():

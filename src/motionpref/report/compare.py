@@ -191,11 +191,14 @@ def stable_replications(
     n = len(replications(base, PAIRED[0], "baseline"))
     if n < 2:
         raise ReportError(f"the baseline's evaluation has {n} replication; a stability check needs 2 or more")
-    full = seed_gains(base, replicates)
-    changed = {}
-    for k in range(2, n + 1):
-        cut = seed_gains(_first(base, k), {m: [_first(r, k) for r in reps] for m, reps in replicates.items()})
-        changed[k] = sum(cut[m][x]["verdict"] != full[m][x]["verdict"] for m in full for x in PAIRED)
+    cuts = {
+        k: seed_gains(_first(base, k), {m: [_first(r, k) for r in reps] for m, reps in replicates.items()})
+        for k in range(2, n + 1)
+    }
+    full = cuts[n]  # the first n replications are all of them
+    changed = {
+        k: sum(cut[m][x]["verdict"] != full[m][x]["verdict"] for m in full for x in PAIRED) for k, cut in cuts.items()
+    }
     stable_from = n
     while stable_from > 2 and changed[stable_from - 1] == 0:
         stable_from -= 1

@@ -31,7 +31,6 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,9 +43,6 @@ from motionpref.progress import track
 from motionpref.train.losses import sopo_loss, sopo_weight
 from motionpref.train.policy import PolicyExample
 from motionpref.train.preference import FinetuneJob, pair_logprobs
-
-if TYPE_CHECKING:
-    pass
 
 FILTERED = ("usopo", "sopo")  # variants with the valuable-unpreferred filter
 REWEIGHTED = ("sopo_no_vu", "sopo")  # variants with beta_w

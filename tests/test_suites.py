@@ -27,6 +27,7 @@ from motionpref.suites import (
     load_suites,
     main_report,
     plan,
+    stage_progress,
     suite_runs,
     targets,
 )
@@ -177,6 +178,30 @@ def test_plan_queues_only_what_mlflow_lacks_and_a_missing_evaluation_is_named(pr
     assert plans[1].unknown == [s for s in plans[1].to_run if s != "evaluate@dpo_s2"]
     with pytest.raises(ConfigError, match=r"no run of s-beta_0.2-s0: evaluate@dpo_s2"):
         main_report("s", project)
+
+
+def test_progress_names_the_stage_a_queued_run_is_in(project: Path) -> None:
+    import time
+
+    import mlflow
+
+    experiment_id = mlflow.set_experiment("motionpref").experiment_id
+    name = "s-beta_0.1-s0"
+
+    def stage(address: str, exp_name: str = name) -> None:
+        with mlflow.start_run(run_name=address, tags={"motionpref.stage": address, "dvc.exp_name": exp_name}):
+            pass
+
+    stage("finetune@dpo")  # an earlier attempt of the same run: not counted
+    time.sleep(0.01)
+    since_ms = int(time.time() * 1000)
+    assert stage_progress(experiment_id, name, since_ms) == f"{name}: between stages, 0 stages finished"
+    stage("prepare_data")
+    stage("finetune@dpo")
+    stage("finetune@dpo", "s-beta_0.2-s0")  # another run of the queue
+    client = mlflow.MlflowClient()
+    client.create_run(experiment_id, tags={"motionpref.stage": "evaluate@dpo", "dvc.exp_name": name})  # running
+    assert stage_progress(experiment_id, name, since_ms) == f"{name}: evaluate@dpo, 2 stages finished"
 
 
 def test_estimates_are_the_median_recorded_time_of_the_stage_under_the_profile() -> None:

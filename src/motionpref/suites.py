@@ -405,10 +405,26 @@ def enqueue(plans: Sequence[RunPlan], root: Path) -> None:
         _dvc(["exp", "run", "--queue", "-n", p.run.name, *sets, *p.targets], root)
 
 
-def follow(plans: Sequence[RunPlan], root: Path, jobs: int, poll: float = 15.0) -> dict[str, str]:
-    """Start DVC's queue workers and report progress until every queued run of ``plans`` has ended; returns each
-    run's final status."""
+def stage_progress(experiment_id: str, name: str, since_ms: int) -> str:
+    """Where the queued run ``name`` is, from the MLflow runs its stages opened since ``since_ms`` (a stage DVC
+    restores from its run cache opens none; an earlier attempt's runs are older)."""
+    import mlflow
+
+    runs = mlflow.search_runs(
+        [experiment_id],
+        f"tags.`dvc.exp_name` = '{name}' and attributes.start_time >= {since_ms}",
+        output_format="list",
+    )
+    now = sorted(r.data.tags.get("motionpref.stage", "?") for r in runs if r.info.status == "RUNNING")
+    finished = sum(r.info.status == "FINISHED" for r in runs)
+    return f"{name}: {', '.join(now) or 'between stages'}, {finished} stages finished"
+
+
+def follow(plans: Sequence[RunPlan], root: Path, jobs: int, experiment_id: str, poll: float = 15.0) -> dict[str, str]:
+    """Start DVC's queue workers and report progress (each running run's stage) until every queued run of ``plans``
+    has ended; returns each run's final status."""
     names = [p.run.name for p in plans if not p.done]
+    since_ms = int(time.time() * 1000)
     # not through a pipe: the workers DVC leaves running would hold it open, and reading it would wait for them
     started = subprocess.run(
         ["dvc", "queue", "start", "--jobs", str(jobs)],
@@ -425,11 +441,11 @@ def follow(plans: Sequence[RunPlan], root: Path, jobs: int, poll: float = 15.0) 
         status = queue_status(root, names)
         counts = {s: sum(v == s for v in status.values()) for s in ("Queued", "Running", "Success", "Failed")}
         line = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n)
-        running = [n for n, s in status.items() if s == "Running"]
+        running = [stage_progress(experiment_id, n, since_ms) for n, s in status.items() if s == "Running"]
+        line += f" (running: {'; '.join(running)})" if running else ""
         if line != last:
             elapsed = int(time.monotonic() - start)
-            extra = f" (running: {', '.join(running)})" if running else ""
-            print(f"[{elapsed // 60}:{elapsed % 60:02d}] {line}{extra}", flush=True)
+            print(f"[{elapsed // 60}:{elapsed % 60:02d}] {line}", flush=True)
             last = line
         if not counts["Queued"] and not counts["Running"]:
             return status
@@ -853,10 +869,10 @@ def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> in
     # the queue's runs execute in DVC's temporary copies: make them log here, and create the experiment here so
     # its artifact root is this checkout's, not a temporary folder's
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
     os.environ["MLFLOW_TRACKING_URI"] = uri
     enqueue(plans, root)
-    status = follow(plans, root, jobs)
+    status = follow(plans, root, jobs, experiment_id)
     failed = sorted(n for n, s in status.items() if s != "Success")
     if failed:
         print(

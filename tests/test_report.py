@@ -14,6 +14,7 @@ from motionpref.report.compare import (
     markdown,
     paired_difference,
     read_report,
+    seed_gains,
     stability_line,
     stable_replications,
     verdict,
@@ -91,7 +92,7 @@ def test_stable_replications_finds_the_fewest_that_keep_every_verdict() -> None:
     sft = metrics_report(base, [0.2] * 6)
     # each seed's R@1 gain: +0.03 in the first two replications, then -0.03 in the last four
     flips = [metrics_report([0.53 + s, 0.53 + s, 0.47, 0.47, 0.47, 0.47], [0.2] * 6) for s in (0.0, 0.002, 0.004)]
-    table = stable_replications(sft, {"dpo": flips})
+    table = stable_replications(sft, {"dpo": flips}, seed_gains(sft, {"dpo": flips}))
     assert table["replications"] == 6
     # per seed on k replications: (0.06 + 2 s - 0.03 (k - 2)) / k; on all 6, -0.01 + s / 3 (worse)
     assert table["changed"][2] == 2  # +0.03 + s: R@1 and R@3 better instead of worse
@@ -101,9 +102,11 @@ def test_stable_replications_finds_the_fewest_that_keep_every_verdict() -> None:
     assert table["stable_from"] == 5
     assert stability_line(table).endswith("from 5 up; verdicts that change with fewer: 2 at 2, 2 at 3, 2 at 4.")
     steady = [metrics_report([b + g for b in base], [0.2] * 6) for g in (0.02, 0.03, 0.025)]
-    assert stable_replications(sft, {"dpo": steady})["stable_from"] == 2
+    assert stable_replications(sft, {"dpo": steady}, seed_gains(sft, {"dpo": steady}))["stable_from"] == 2
+    assert compare_models({"sft": sft, "dpo": flips[0]}, "sft", replicates={"dpo": flips})["stability"] == table
+    one = [metrics_report([0.5], [0.2])] * 2
     with pytest.raises(ReportError, match="2 or more"):
-        stable_replications(metrics_report([0.5], [0.2]), {"dpo": [metrics_report([0.5], [0.2])] * 2})
+        stable_replications(metrics_report([0.5], [0.2]), {"dpo": one}, {})
 
 
 def test_retried_metrics_are_a_secondary_table() -> None:

@@ -142,7 +142,7 @@ def compare_models(
     }
     gains = seed_gains(base, replicates or {}, bw)
     out = {"baseline": baseline, "metrics": rows, "retried": retried, "vs_baseline": diffs, "seed_gains": gains}
-    return {**out, "stability": stable_replications(base, replicates)} if replicates else out
+    return {**out, "stability": stable_replications(base, replicates, gains)} if replicates else out
 
 
 def seed_gains(
@@ -181,24 +181,25 @@ def _first(report: Mapping[str, Any], k: int) -> dict[str, Any]:
 
 
 def stable_replications(
-    base: Mapping[str, Any], replicates: Mapping[str, Sequence[Mapping[str, Any]]]
+    base: Mapping[str, Any], replicates: Mapping[str, Sequence[Mapping[str, Any]]], gains: Mapping[str, Any]
 ) -> dict[str, Any]:
     """How few of the evaluation's replications give the seed-replicate gains the same verdicts: every gain
-    (``seed_gains``) recomputed on the first k replications of each evaluation, k = 2 .. n. ``changed[k]``
-    counts the (model, metric) verdicts that differ from those on all n; ``stable_from`` is the smallest k from
-    which none differs, at k and every larger count. A check of the evaluation's size for a table's conclusions,
+    recomputed on the first k replications of each evaluation, k = 2 .. n - 1, against ``gains`` (``seed_gains``
+    on all n). ``changed[k]`` counts the (model, metric) verdicts that differ from those on all n (none at
+    k = n); ``stable_from`` is the smallest k from which none differs, at k and every larger count. A check of the evaluation's size for a table's conclusions,
     not of the training seeds: those stay as they are."""
     n = len(replications(base, PAIRED[0], "baseline"))
     if n < 2:
         raise ReportError(f"the baseline's evaluation has {n} replication; a stability check needs 2 or more")
     cuts = {
         k: seed_gains(_first(base, k), {m: [_first(r, k) for r in reps] for m, reps in replicates.items()})
-        for k in range(2, n + 1)
+        for k in range(2, n)
     }
-    full = cuts[n]  # the first n replications are all of them
     changed = {
-        k: sum(cut[m][x]["verdict"] != full[m][x]["verdict"] for m in full for x in PAIRED) for k, cut in cuts.items()
+        k: sum(cut[m][x]["verdict"] != gains[m][x]["verdict"] for m in gains for x in PAIRED)
+        for k, cut in cuts.items()
     }
+    changed[n] = 0
     stable_from = n
     while stable_from > 2 and changed[stable_from - 1] == 0:
         stable_from -= 1

@@ -170,7 +170,17 @@ def test_a_key_added_at_its_neutral_value_keeps_the_lineage_hashes_runs_were_rec
 def test_every_stage_lists_what_selects_its_values() -> None:
     for name, item in stage_addresses():
         declared = declared_params(DVC_YAML, name, item)
-        assert {"profile", "profiles", "seed"} <= set(declared), (name, item)
+        assert {"profile", "profiles.cpu", "seed"} <= set(declared), (name, item)
+
+
+def test_a_stage_tracks_the_selected_profile_alone(tmp_path: Path) -> None:
+    # DVC reruns a stage when a params key it lists changes: another profile's edit must not rerun anything
+    shutil.copy(DVC_YAML, tmp_path / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "profile": "smoke"}))
+    declared = [k for k in declared_params(tmp_path / "dvc.yaml", "finetune", "dpo") if k.startswith("profiles")]
+    assert declared == ["profiles.smoke"]
+    assert not [k for k in lineage_params(tmp_path / "dvc.yaml", "finetune@dpo") if k.startswith("profiles")]
 
 
 def test_the_dpo_familys_beta_reruns_only_dpo() -> None:

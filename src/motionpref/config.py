@@ -1050,7 +1050,7 @@ def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
     if base.profile != "cpu" and base.profile not in base.profiles:
-        known = ", ".join(["cpu", *base.profiles])
+        known = ", ".join(dict.fromkeys(["cpu", *base.profiles]))
         raise ConfigError(f"{source}: profile: unknown profile {base.profile!r}; expected one of {known}")
     resolved, problems = {"cpu": base}, []
     for name, override in base.profiles.items():

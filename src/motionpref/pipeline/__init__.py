@@ -208,7 +208,7 @@ def lineage_params(dvc_yaml: Path, address: str) -> tuple[str, ...]:
     differs; ``lineage_hash`` of their values finds a stage's run of an experiment even where DVC restored it
     from its run cache instead of running it."""
     keys = {k for a in (address, *upstream(dvc_yaml, address)) for k in declared_params(dvc_yaml, *_split(a))}
-    return tuple(sorted(keys - {"profiles"}))  # the selected profile's values are already in the resolved params
+    return tuple(sorted(k for k in keys if not _profile_key(k)))
 
 
 # params keys added after runs were recorded, at the value that computes what those runs computed: left out of a
@@ -225,6 +225,11 @@ def lineage_hash(params: Params, dvc_yaml: Path, address: str) -> str:
         elif isinstance(values.get(section), dict) and values[section].get(name, object()) == neutral:
             del values[section][name]
     return params_hash(values)
+
+
+def _profile_key(key: str) -> bool:
+    """``profiles.<selected>``: its values are already in the resolved params, under their own keys."""
+    return key.partition(".")[0] == "profiles"
 
 
 def _covers(declared: list[str], key: str) -> bool:
@@ -295,7 +300,7 @@ def run_stage(
     root = project_root()
     stage = _resolved_stage(root / "dvc.yaml", name, item)
     declared = list(stage["params"])
-    reads = {key: _value_at(params, key) for key in declared if key != "profiles"}
+    reads = {key: _value_at(params, key) for key in declared if not _profile_key(key)}
     tags = {"motionpref.lineage_hash": lineage_hash(params, root / "dvc.yaml", address), **params.suite.tags()}
     seed_everything(params.seed, params.threads)
     is_main = distributed.is_main_process()

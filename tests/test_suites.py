@@ -180,6 +180,30 @@ def test_plan_queues_only_what_mlflow_lacks_and_a_missing_evaluation_is_named(pr
         main_report("s", project)
 
 
+def test_a_table_can_show_each_models_preference_generation_time(project: Path) -> None:
+    write_suites(project, {"t1": {"models": ["mld_sopo"], "baseline": "mld", "preference_time": True}})
+    (run,) = suite_runs("t1", load_suites(project / "suites.yaml")["t1"], project / "params.yaml")
+    replicas = ["mld_sopo", "mld_sopo_s1", "mld_sopo_s2"]
+    assert targets(load_suites(project / "suites.yaml")["t1"], run.params, project / "dvc.yaml")[-3:] == [
+        f"finetune@{r}" for r in replicas
+    ]
+    log_evaluation(project, run.params, "evaluate@mld", BASE_R1)
+    for k, replica in enumerate(replicas):
+        log_evaluation(project, run.params, f"evaluate@{replica}", [x + 0.01 * k for x in BASE_R1])
+        seconds = {"preference_seconds": 64.0 * (k + 1), "preference_seconds_per_caption": 0.1 * (k + 1)}
+        log_stage(project, run.params, f"finetune@{replica}", {f"{replica}.json": seconds})
+    md = main_report("t1", project)
+    got = json.loads(md.with_suffix(".json").read_text())["variants"]["base"]["preference_time"]["mld_sopo"]
+    assert got["per_seed"] == pytest.approx([0.1, 0.2, 0.3]) and got["seconds_per_caption"] == pytest.approx(0.2)
+    text = md.read_text()
+    assert "| p (Δ R@1) | s/caption |" in text and text.count("---:|") == 9  # seeds to p, then s/caption
+    assert [line for line in text.splitlines() if line.startswith("| base | mld_sopo | 3 |")][0].endswith(" | 0.200 |")
+    # a finetuning that generates no preferences (DPO on labelled pairs) has no time to show: named, not a blank
+    log_stage(project, run.params, "finetune@mld_sopo_s2", {"mld_sopo_s2.json": {"loss": 0.5}})
+    with pytest.raises(ConfigError, match="finetune@mld_sopo_s2: its metrics file has no preference_seconds"):
+        main_report("t1", project)
+
+
 def test_progress_names_the_stage_a_queued_run_is_in(project: Path) -> None:
     import time
 
@@ -317,6 +341,7 @@ def test_a_curves_suites_seeds_can_set_another_param(project: Path) -> None:
     ("spec", "message"),
     [
         ({**F3, "baseline": "sft"}, "a winrate suite takes no baseline"),
+        ({**F3, "preference_time": True}, "a winrate suite takes no preference_time"),
         ({"kind": "curves", "models": ["dpo"]}, "a curves suite needs curves"),
         (
             {**F3, "paper": {"dpo": {"result": "x", "trend": "rises"}}},

@@ -93,6 +93,9 @@ class SuiteSpec(Section):
     # row is a model, or a curve's metric
     paper: dict[str, PaperResult] = Field(default_factory=dict)
     figure: bool = False  # metrics: also plot each model's R@1 gain against the one grid key's values
+    # metrics: also each model's preference-generation time (SoPo's Table 1 "Time"), seconds per caption, from the
+    # metrics file of each replicate's finetune stage
+    preference_time: bool = False
 
     @model_validator(mode="after")
     def _kind_has_its_fields(self) -> SuiteSpec:
@@ -100,9 +103,13 @@ class SuiteSpec(Section):
         missing = [f for f in needs if not getattr(self, f)]
         if missing:
             raise ValueError(f"a {self.kind} suite needs {' and '.join(missing)}")
-        extra = [f for f in ("models", "baseline", "curves", "figure") if f not in needs and getattr(self, f)]
-        if extra and not (self.kind == "metrics" and extra == ["figure"]):
-            raise ValueError(f"a {self.kind} suite takes no {' or '.join(extra)} (it always draws its figure)")
+        metrics_only = ("figure", "preference_time")
+        extra = [f for f in ("models", "baseline", "curves", *metrics_only) if f not in needs and getattr(self, f)]
+        if self.kind == "metrics":
+            extra = [f for f in extra if f not in metrics_only]
+        if extra:
+            why = " (it always draws its figure)" if "figure" in extra else ""
+            raise ValueError(f"a {self.kind} suite takes no {' or '.join(extra)}{why}")
         curve_trend = self.kind == "curves"
         for key, cited in self.paper.items():
             if cited.trend is not None and (cited.trend in CURVE_TRENDS) != curve_trend:
@@ -228,13 +235,20 @@ def _read(spec: SuiteSpec, params: Params, dvc_yaml: Path) -> dict[str, list[str
     return {m: [f"evaluate@{r}" for r in replicates(m, params, dvc_yaml)] for m in (spec.baseline, *spec.models)}
 
 
+def _finetunes(model: str, params: Params, dvc_yaml: Path) -> list[str]:
+    """A model's finetune stages, one per seed replicate (where a table reads its preference-generation time)."""
+    return [f"finetune@{r}" for r in replicates(model, params, dvc_yaml, "finetune")]
+
+
 def targets(spec: SuiteSpec, params: Params, dvc_yaml: Path) -> list[str]:
     """The stages a suite's table reads: for a metrics suite the baseline's evaluation and every seed replicate of
-    every model's (the baseline's replicate 0 only); the win-rate studies; the curve stage's replicates."""
+    every model's (the baseline's replicate 0 only), and with ``preference_time`` every replicate's finetune stage;
+    the win-rate studies; the curve stage's replicates."""
     read = _read(spec, params, dvc_yaml)
     if spec.kind == "metrics":
         read[spec.baseline] = read[spec.baseline][:1]  # type: ignore[index]
-    return [a for addresses in read.values() for a in addresses]
+    finetunes = [a for m in spec.models for a in _finetunes(m, params, dvc_yaml)] if spec.preference_time else []
+    return [a for addresses in read.values() for a in addresses] + finetunes
 
 
 def _check_seeds(name: str, spec: SuiteSpec, params: Params, dvc_yaml: Path) -> None:
@@ -489,7 +503,27 @@ def _metric_rows(name: str, spec: SuiteSpec, vruns: Sequence[SuiteRun], hit: Hit
     reports = {m: [report(r, k) for r in vruns for k in replicates(m, r.params, dvc_yaml)] for m in spec.models}
     _too_few(name, reports, "a gain")
     metrics = {spec.baseline: report(vruns[0], spec.baseline), **{m: reps[0] for m, reps in reports.items()}}
-    return compare_models(metrics, spec.baseline, None, reports)
+    comparison = compare_models(metrics, spec.baseline, None, reports)
+    if spec.preference_time:
+        comparison["preference_time"] = {m: _preference_time(vruns, m, hit, client, dvc_yaml) for m in spec.models}
+    return comparison
+
+
+def _preference_time(vruns: Sequence[SuiteRun], model: str, hit: Hit, client: Any, dvc_yaml: Path) -> dict[str, Any]:
+    """The seconds per caption a model's finetuning spent generating its preferences, each replicate's and their
+    mean (a wall-clock time: it depends on the machine and on what else ran beside it)."""
+    per_seed = []
+    for run in vruns:
+        for address in _finetunes(model, run.params, dvc_yaml):
+            item = address.partition("@")[2]
+            report = _artifact_json(client, hit(run, address), Path(artifacts.finetune_report(item)).name, address)
+            if "preference_seconds_per_caption" not in report:
+                raise ConfigError(
+                    f"{address}: its metrics file has no preference_seconds_per_caption (only SoPo's and MoDiPO's "
+                    "diffusion finetuning generates preferences); drop preference_time from the suite"
+                )
+            per_seed.append(report["preference_seconds_per_caption"])
+    return {"seconds_per_caption": sum(per_seed) / len(per_seed), "per_seed": per_seed}
 
 
 def _winrate_rows(name: str, spec: SuiteSpec, vruns: Sequence[SuiteRun], hit: Hit, client: Any, dvc_yaml: Path) -> Any:
@@ -651,20 +685,34 @@ def _header(table: Mapping[str, Any], how: str, labels: Sequence[str], numbers: 
 
 def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
     baseline, paper = table["baseline"], table["paper"]
+    timed = any("preference_time" in c for c in table["variants"].values())
     out = _header(
         table,
         "Test split, first samples. R@1 and FID: each model's first seed replicate (mean over the evaluation's "
         f"replications); each Δ is the gain over `{baseline}` on the same captions, crops and batches (a mean paired "
         "difference per seed replicate), mean ± 95% Student t interval across the replicates; ▲ better or ▼ worse "
-        "only when the interval excludes 0.",
+        "only when the interval excludes 0."
+        + (
+            " s/caption: the wall-clock seconds per caption each finetuning spent sampling and scoring its "
+            'preferences (SoPo\'s Table 1 "Time"), mean across the replicates, on the machine that ran them.'
+            if timed
+            else ""
+        ),
         ["variant", "model"],
-        ["seeds", "R@1", "FID", *(f"Δ {METRICS[m][0]}" for m in PAIRED), "p (Δ R@1)"],
+        [
+            "seeds",
+            "R@1",
+            "FID",
+            *(f"Δ {METRICS[m][0]}" for m in PAIRED),
+            "p (Δ R@1)",
+            *(["s/caption"] if timed else []),
+        ],
     )
     for variant, comparison in table["variants"].items():
         base = comparison["metrics"][baseline]
         out.append(
             f"| {variant} | {baseline} | 1 | {base['r_precision_top1']['mean']:.3f} | {base['fid']['mean']:.3f} |"
-            + " |" * (len(PAIRED) + 1)
+            + " |" * (len(PAIRED) + 1 + timed)
             + (" | |" if paper else "")
         )
         for model, gains in comparison["seed_gains"].items():
@@ -677,6 +725,7 @@ def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
                 f"{own['fid']['mean']:.3f} | "
                 + " | ".join(signed(gains[m]) for m in PAIRED)
                 + f" | {r1['p']:.3f} |"
+                + (f" {comparison['preference_time'][model]['seconds_per_caption']:.3f} |" if timed else "")
                 + _paper_cells(paper, cited, gains[metric]["verdict"], METRICS[metric][0])
             )
     for variant, comparison in table["variants"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -26,7 +27,16 @@ def quiet_libraries() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    if not interactive():
+    if interactive():
+        return
+    # read on import by huggingface_hub, and by transformers through it: a stage that never imports transformers
+    # does not pay its import (~0.7 s) for this; a library imported already is told directly
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
         from transformers.utils import logging
 
         logging.disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()

@@ -186,8 +186,8 @@ def stable_replications(
     """How few of the evaluation's replications give the seed-replicate gains the same verdicts: every gain
     recomputed on the first k replications of each evaluation, k = 2 .. n - 1, against ``gains`` (``seed_gains``
     on all n). ``changed[k]`` counts the (model, metric) verdicts that differ from those on all n (none at
-    k = n); ``stable_from`` is the smallest k from which none differs, at k and every larger count. A check of the evaluation's size for a table's conclusions,
-    not of the training seeds: those stay as they are."""
+    k = n); ``stable_from`` is the smallest k from which none differs, at k and every larger count. A check of
+    the evaluation's size for a table's conclusions, not of the training seeds: those stay as they are."""
     n = len(replications(base, PAIRED[0], "baseline"))
     if n < 2:
         raise ReportError(f"the baseline's evaluation has {n} replication; a stability check needs 2 or more")
@@ -196,8 +196,7 @@ def stable_replications(
         for k in range(2, n)
     }
     changed = {
-        k: sum(cut[m][x]["verdict"] != gains[m][x]["verdict"] for m in gains for x in PAIRED)
-        for k, cut in cuts.items()
+        k: sum(cut[m][x]["verdict"] != gains[m][x]["verdict"] for m in gains for x in PAIRED) for k, cut in cuts.items()
     }
     changed[n] = 0
     stable_from = n

@@ -16,12 +16,21 @@ if [ "$have" != "$want" ]; then
 fi
 # pip warns about each package this machine's local indexes lack: noise, dropped from pip's stderr
 pipq() { python -m pip install -q "$@" 2> >(grep -v 'is ignored: it is neither a file' >&2); }
-pipq pip==26.3
-# every file is checked against the lock's hashes; torch==2.13.0+cpu exists only as the CPU wheel, so nothing
-# can pull a CUDA build or nvidia-* packages
-pipq --require-hashes -r "$LOCK"
-# the project without its dependencies (the lock has them), built with the locked setuptools
-pipq --no-deps --no-build-isolation -e .
+# a .venv already installed from this lock and pyproject.toml is left alone: reinstalling the editable project
+# would briefly unlink it under anything running from this .venv (CI's smoke run beside the tests)
+stamp=.venv/.motionpref-setup
+want_stamp=$(cat "$LOCK" pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then
+  pipq pip==26.3
+  # every file is checked against the lock's hashes; torch==2.13.0+cpu exists only as the CPU wheel, so nothing
+  # can pull a CUDA build or nvidia-* packages
+  pipq --require-hashes -r "$LOCK"
+  # the project without its dependencies (the lock has them), built with the locked setuptools
+  pipq --no-deps --no-build-isolation -e .
+  echo "$want_stamp" > "$stamp"
+else
+  echo "setup.sh: .venv already holds $LOCK and this pyproject.toml: nothing to install"
+fi
 # a .venv made before the lock may hold packages the lock does not: say so (a fresh .venv is exactly the lock)
 python - "$LOCK" <<'PY'
 import re
@@ -39,4 +48,8 @@ off = sorted(f"{name}=={v}" for name, v in installed.items() if locked.get(name)
 if off:
     print(f"setup.sh: .venv also holds what {sys.argv[1]} does not: {' '.join(off)}"
           " (rm -rf .venv && bash scripts/setup.sh for exactly the lock)", file=sys.stderr)
+missing = sorted(f"{name}=={v}" for name, v in locked.items() if name not in installed)
+if missing:
+    sys.exit(f"setup.sh: .venv lacks what {sys.argv[1]} holds: {' '.join(missing)}"
+             " (rm -rf .venv && bash scripts/setup.sh)")
 PY

@@ -190,14 +190,16 @@ def test_a_table_can_show_each_models_preference_generation_time(project: Path) 
     log_evaluation(project, run.params, "evaluate@mld", BASE_R1)
     for k, replica in enumerate(replicas):
         log_evaluation(project, run.params, f"evaluate@{replica}", [x + 0.01 * k for x in BASE_R1])
-        seconds = {"preference_seconds": 64.0 * (k + 1), "preference_seconds_per_caption": 0.1 * (k + 1)}
+        seconds = {"preference_seconds": 0.64 * (k + 1), "preference_seconds_per_caption": 0.001 * (k + 1)}
         log_stage(project, run.params, f"finetune@{replica}", {f"{replica}.json": seconds})
     md = main_report("t1", project)
     got = json.loads(md.with_suffix(".json").read_text())["variants"]["base"]["preference_time"]["mld_sopo"]
-    assert got["per_seed"] == pytest.approx([0.1, 0.2, 0.3]) and got["seconds_per_caption"] == pytest.approx(0.2)
+    assert got["per_seed"] == pytest.approx([0.001, 0.002, 0.003])
+    assert got["seconds_per_caption"] == pytest.approx(0.002)
     text = md.read_text()
     assert "| p (Δ R@1) | s/caption |" in text and text.count("---:|") == 9  # seeds to p, then s/caption
-    assert [line for line in text.splitlines() if line.startswith("| base | mld_sopo | 3 |")][0].endswith(" | 0.200 |")
+    (row,) = [line for line in text.splitlines() if line.startswith("| base | mld_sopo | 3 |")]
+    assert row.endswith(" | 0.00200 |")  # 3 significant figures, not 0.002
     # a finetuning that generates no preferences (DPO on labelled pairs) has no time to show: named, not a blank
     log_stage(project, run.params, "finetune@mld_sopo_s2", {"mld_sopo_s2.json": {"loss": 0.5}})
     with pytest.raises(ConfigError, match="finetune@mld_sopo_s2: its metrics file has no preference_seconds"):

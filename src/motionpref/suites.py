@@ -22,6 +22,7 @@ import copy
 import io
 import itertools
 import json
+import math
 import os
 import re
 import statistics
@@ -683,6 +684,11 @@ def _header(table: Mapping[str, Any], how: str, labels: Sequence[str], numbers: 
     ]
 
 
+def _seconds(x: float) -> str:
+    """At least 3 decimals, more below 0.1 s so that 3 significant figures show (MLD's 0.0026 s, not 0.003)."""
+    return f"{x:.{max(3, 2 - math.floor(math.log10(abs(x))))}f}" if x else "0.000"
+
+
 def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
     baseline, paper = table["baseline"], table["paper"]
     timed = any("preference_time" in c for c in table["variants"].values())
@@ -725,7 +731,7 @@ def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
                 f"{own['fid']['mean']:.3f} | "
                 + " | ".join(signed(gains[m]) for m in PAIRED)
                 + f" | {r1['p']:.3f} |"
-                + (f" {comparison['preference_time'][model]['seconds_per_caption']:.3f} |" if timed else "")
+                + (f" {_seconds(comparison['preference_time'][model]['seconds_per_caption'])} |" if timed else "")
                 + _paper_cells(paper, cited, gains[metric]["verdict"], METRICS[metric][0])
             )
     for variant, comparison in table["variants"].items():

@@ -17,8 +17,7 @@ fi
 # pip warns about each package this machine's local indexes lack: noise, dropped from pip's stderr
 pipq() { python -m pip install -q "$@" 2> >(grep -v 'is ignored: it is neither a file' >&2); }
 # a .venv already installed from this lock and pyproject.toml is left alone (the test command after the setup
-# command; CI): pip's checks of every locked file would find nothing to do, and reinstalling the editable project
-# would briefly unlink it under anything running from this .venv
+# command): pip's checks of every locked file and the editable reinstall would change nothing
 stamp=.venv/.motionpref-setup
 want_stamp=$(cat "$LOCK" pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then

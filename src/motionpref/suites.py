@@ -12,8 +12,10 @@ How a run is found in MLflow: every stage's run carries ``motionpref.lineage_has
 decide its outputs (its own and those of every stage upstream: ``pipeline.lineage_params``). A suite computes the
 hash each of its evaluations must have under the run's params and looks it up, so a stage DVC restored from its
 run cache instead of running (the baseline, shared by every variant) is found by the run that computed it, and a
-suite killed halfway queues only the runs whose evaluations MLflow does not hold yet. Matching is by params, not
-by code: a run recorded before a code change that alters outputs matches too (``--fresh`` ignores earlier runs).
+suite killed halfway queues only the runs whose evaluations MLflow does not hold yet. A stage MLflow lacks is
+queued without its ``dvc.lock`` entry (``lock_without``), so DVC runs it even where the committed lock matches.
+Matching is by params, not by code: a run recorded before a code change that alters outputs matches too
+(``--fresh`` ignores earlier runs).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -400,8 +403,9 @@ def queue_status(root: Path, names: Iterable[str]) -> dict[str, str]:
         return {e["name"]: e["status"] for e in repo.experiments.celery_queue.status() if e.get("name") in wanted}
 
 
-def enqueue(plans: Sequence[RunPlan], root: Path) -> None:
-    """Queue each pending run as a DVC experiment, replacing a failed or stale entry of the same name."""
+def enqueue(plans: Sequence[RunPlan], root: Path, lacking: Mapping[str, Sequence[str]]) -> None:
+    """Queue each pending run as a DVC experiment, replacing a failed or stale entry of the same name; DVC runs
+    the stages of ``lacking[run name]`` (those MLflow holds no run of) even where the lock matches."""
     pending = [p for p in plans if not p.done]
     status = queue_status(root, [p.run.name for p in pending])
     running = [n for n, s in status.items() if s == "Running"]
@@ -417,7 +421,36 @@ def enqueue(plans: Sequence[RunPlan], root: Path) -> None:
         _dvc(["exp", "remove", *again], root)
     for p in pending:
         sets = [a for k, v in p.run.overrides.items() for a in ("-S", f"{k}={hydra_value(v)}")]
-        _dvc(["exp", "run", "--queue", "-n", p.run.name, *sets, *p.targets], root)
+        with lock_without(root, lacking[p.run.name]):
+            _dvc(["exp", "run", "--queue", "-n", p.run.name, *sets, *p.targets], root)
+
+
+@contextmanager
+def lock_without(root: Path, stages: Iterable[str]) -> Iterator[None]:
+    """Let ``root/dvc.lock`` lack the entries of ``stages`` while the block queues an experiment (DVC stashes the
+    workspace, lock included), then put the file back byte for byte.
+
+    Why: DVC skips a stage whose lock entry matches its inputs without running its command, and a skipped stage
+    leaves no MLflow run. The committed lock's stages match on a machine that reproduces them bit for bit, so a
+    stage MLflow lacks must look new to the queued copy. (A stage in DVC's run cache is still restored, not run:
+    ``main_run`` names any such stage afterwards.)"""
+    from motionpref.io import write_bytes, write_text
+
+    lock = root / "dvc.lock"
+    original = lock.read_bytes() if lock.exists() else None
+    data = yaml.safe_load(original) if original else None
+    entries = data.get("stages", {}) if isinstance(data, dict) else {}
+    drop = [s for s in stages if s in entries]
+    if not drop:
+        yield
+        return
+    for s in drop:
+        del entries[s]
+    write_text(lock, yaml.safe_dump(data, sort_keys=False))
+    try:
+        yield
+    finally:
+        write_bytes(lock, original)
 
 
 def stage_progress(experiment_id: str, name: str, since_ms: int) -> str:
@@ -914,8 +947,8 @@ def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> in
     runs = suite_runs(name, spec, root / "params.yaml")
     experiment = load_params(root / "params.yaml").experiment
     uri = tracking_uri()
-    index = RunIndex({}, {}) if fresh else RunIndex.load(experiment, uri)
-    plans = plan(spec, runs, index, root / "dvc.yaml")
+    index = RunIndex.load(experiment, uri)
+    plans = plan(spec, runs, RunIndex({}, {}) if fresh else index, root / "dvc.yaml")
     print(describe_plan(name, plans), flush=True)
     if dry_run or all(p.done for p in plans):
         return 0
@@ -926,13 +959,25 @@ def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> in
     mlflow.set_tracking_uri(uri)
     experiment_id = mlflow.set_experiment(experiment).experiment_id
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    enqueue(plans, root)
+    # what MLflow lacks, also under --fresh: a stage whose lock entry matches is DVC's to skip (its code unchanged)
+    lacking = {p.run.name: p.to_run for p in plan(spec, runs, index, root / "dvc.yaml")}
+    enqueue(plans, root, lacking)
     status = follow(plans, root, jobs, experiment_id)
     failed = sorted(n for n, s in status.items() if s != "Success")
     if failed:
         print(
             f"failed: {', '.join(failed)}; see `dvc queue logs NAME`; rerun `motionpref suite run {name}` to "
             "retry them (finished runs are kept)",
+            file=sys.stderr,
+        )
+        return 1
+    after = plan(spec, runs, RunIndex.load(experiment, uri), root / "dvc.yaml")
+    missing = sorted({t for p in after for t in p.targets if t in p.to_run})
+    if missing:
+        print(
+            f"DVC finished every run, but MLflow holds no run of {', '.join(missing)}: DVC restored them from its "
+            "run cache (.dvc/cache/runs) without running them, so this MLflow store never saw them run. Make DVC "
+            f"run them: delete .dvc/cache/runs and rerun `motionpref suite run {name}`",
             file=sys.stderr,
         )
         return 1

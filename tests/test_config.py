@@ -241,3 +241,10 @@ def test_labels_for_a_policy_take_its_labeler_and_an_unknown_policy_is_an_error(
     assert parse_params({"labels": {"labeler": "ai", "labeler_for": {}}}).labels.for_policy("mdm").labeler == "ai"
     with pytest.raises(ConfigError, match=r"labels\.labeler_for\.mld"):
         parse_params({"labels": {"labeler_for": {"mld": "ai"}}})
+
+
+def test_diffusion_sampling_steps_must_divide_the_training_steps():
+    # DDIM's evenly spaced steps start from the last training step only then (MDM's ddimN respacing refuses too)
+    with pytest.raises(ConfigError, match=r"diffusion\.mdm.*30 sampling steps must divide the 50 training steps"):
+        parse_params({"diffusion": {"mdm": {"sampling": {"steps": 30}}}})
+    assert parse_params({"diffusion": {"mdm": {"sampling": {"steps": 25}}}}).diffusion.mdm.sampling.steps == 25

@@ -164,6 +164,37 @@ def test_mdm_attends_only_to_valid_frames() -> None:
     torch.testing.assert_close(a[0, :4], b[0, :4])
 
 
+def test_mdm_skips_the_inference_fast_path_on_the_cpu_with_the_same_outputs() -> None:
+    """The fast path's masked softmax is most of a CPU forward: MDM's forward runs the standard path and puts
+    the global switch back as it found it."""
+    policy = mdm().eval()
+    motions, mask = batch([4, 9, 6])
+    t, cond = torch.tensor([10, 500, 999]), policy.condition(CAPTIONS[:3])
+    seen: list[bool] = []
+    hook = policy.model.seqTransEncoder.register_forward_pre_hook(
+        lambda *_: seen.append(torch.backends.mha.get_fastpath_enabled())
+    )
+    with torch.no_grad():
+        ours = policy.denoise(motions, t, cond, mask)
+        assert seen == [False] and torch.backends.mha.get_fastpath_enabled()
+        # the fast path's own result: the encoder called directly, the switch on
+        model = policy.model
+        emb = model.embed_text(cond) + model.embed_timestep(t)
+        seq = model.sequence_pos_encoder(torch.cat([emb[:, None], model.input_process(motions)], dim=1))
+        padding = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
+        fast = model.output_process(model.seqTransEncoder(seq, src_key_padding_mask=padding)[:, 1:])
+    hook.remove()
+    assert seen[-1] is True  # the direct call ran with the switch on
+    torch.testing.assert_close(ours[mask], fast[mask], atol=1e-5, rtol=1e-5)
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            policy.denoise(motions, t, cond, mask)
+        assert not torch.backends.mha.get_fastpath_enabled()  # a caller's own choice is kept
+    finally:
+        torch.backends.mha.set_fastpath_enabled(True)
+
+
 # ------------------------------------------------------------------------------------------------ schedulers, losses
 
 
@@ -346,6 +377,9 @@ def test_samples_have_the_asked_lengths(family: str) -> None:
     torch.testing.assert_close(out, again)
     with pytest.raises(ValueError, match="sampling steps"):
         policy.sample(CAPTIONS[:1], [4], DiffusionSamplingConfig(steps=2000))
+    # 30 of 1000 would start DDIM's leading spacing at t 957 (1000 // 30 = 33 apart), far from pure noise
+    with pytest.raises(ValueError, match="30 sampling steps must divide the 1000 training steps"):
+        policy.sample(CAPTIONS[:1], [4], DiffusionSamplingConfig(steps=30))
     with pytest.raises(ValueError, match="texts"):
         policy.sample(CAPTIONS[:2], [4], FAST)
 

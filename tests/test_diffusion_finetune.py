@@ -406,6 +406,26 @@ def test_train_policy_needs_the_vae_stage_for_mld_and_trains_mdm() -> None:
         DiffusionExamples([], [])
 
 
+@pytest.mark.parametrize(
+    ("schedule", "factors"),
+    [("constant", [1.0] * 4), ("linear", [1.0, 0.75, 0.5, 0.25]), ("cosine", [1.0, 0.8536, 0.5, 0.1464])],
+)
+def test_train_policy_steps_the_learning_rate_schedule(
+    schedule: str, factors: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[float] = []
+    step = torch.optim.AdamW.step
+
+    def recording(self: torch.optim.AdamW, *args: object, **kwargs: object) -> object:
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    train = DiffusionTrainConfig(steps=4, batch_size=2, lr=0.01, lr_schedule=schedule)
+    train_policy(policy("mdm"), DiffusionExamples(MOTIONS, CLIP_CAPTIONS), train, seed=0)
+    assert seen == pytest.approx([0.01 * f for f in factors], abs=1e-6)
+
+
 def test_mld_denoiser_trains_on_latents_encoded_once() -> None:
     data = DiffusionExamples(MOTIONS, CLIP_CAPTIONS)
     mld = policy("mld")

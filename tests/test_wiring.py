@@ -154,7 +154,8 @@ def test_a_stages_lineage_holds_what_changes_its_inputs_and_nothing_else() -> No
 
 
 def test_a_key_added_at_its_neutral_value_keeps_the_lineage_hashes_runs_were_recorded_with() -> None:
-    """data.format came after runs were logged: at humanml3d (what those runs computed) their hashes still match."""
+    """data.format and the diffusion policies' lr_schedule came after runs were logged: at humanml3d and
+    constant (what those runs computed) their hashes still match."""
     from motionpref.config import params_hash
     from motionpref.pipeline import _value_at, lineage_hash
 
@@ -165,6 +166,21 @@ def test_a_key_added_at_its_neutral_value_keeps_the_lineage_hashes_runs_were_rec
     assert lineage_hash(params, DVC_YAML, "evaluate@sft") == params_hash(before)
     raw["data"]["format"] = "kit"
     assert lineage_hash(parse_params(raw), DVC_YAML, "evaluate@sft") != params_hash(before)
+
+    # a nested key: the diffusion policies' learning-rate schedule (constant before it existed)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for model in ("mld", "mdm"):
+        raw["diffusion"][model]["train"]["lr_schedule"] = "constant"
+    params = parse_params(raw)
+    for address in ("evaluate@mld", "evaluate@mdm"):
+        before = {key: _value_at(params, key) for key in lineage_params(DVC_YAML, address)}
+        del before["data"]["format"]
+        model = address.partition("@")[2]
+        for section in ("train", "vae_train") if model == "mld" else ("train",):
+            del before[f"diffusion.{model}"][section]["lr_schedule"]
+        assert lineage_hash(params, DVC_YAML, address) == params_hash(before), address
+        raw["diffusion"][model]["train"]["lr_schedule"] = "cosine"
+        assert lineage_hash(parse_params(raw), DVC_YAML, address) != params_hash(before), address
 
 
 def test_every_stage_lists_what_selects_its_values() -> None:

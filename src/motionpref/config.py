@@ -746,15 +746,24 @@ class DiffusionSamplingConfig(Section):
 
 
 class DiffusionTrainConfig(Section):
-    """Training a diffusion policy (or MLD's VAE) from scratch: AdamW at a constant learning rate (as MDM and MLD)
-    on batches of random training clips."""
+    """Training a diffusion policy (or MLD's VAE) from scratch: AdamW on batches of random training clips, at a
+    constant learning rate (as MDM and MLD) or one decayed to 0 over the steps (``linear`` | ``cosine``)."""
 
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)  # MDM and MLD train their 512 / 256-wide models at 1e-4
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     log_every: int = Field(50, ge=1)
+
+
+def check_sampling_steps(steps: int, diffusion_steps: int) -> None:
+    """DDIM's evenly spaced timesteps (diffusers' "leading" spacing, MDM's ``ddimN`` respacing) start near the
+    last training step only when ``steps`` divides ``diffusion_steps``: 30 of 50 would start from noise at t 29,
+    a sample from the wrong noise level (MDM's ``space_timesteps`` refuses it too)."""
+    if steps > diffusion_steps or diffusion_steps % steps:
+        raise ValueError(f"{steps} sampling steps must divide the {diffusion_steps} training steps")
 
 
 class MDMSection(Section):
@@ -765,13 +774,15 @@ class MDMSection(Section):
     checkpoint: Path | None = None  # for mdm: the model*.pt file
     text: TextEncoderConfig = TextEncoderConfig()
     model: MDMConfig = MDMConfig(diffusion_steps=50)  # the 50-step MDM that SoPo finetunes
-    train: DiffusionTrainConfig = DiffusionTrainConfig(steps=3000)
-    sampling: DiffusionSamplingConfig = DiffusionSamplingConfig(steps=10, guidance=2.5, eta=0.0)
+    # a CPU-sized MDM: 6,000 steps decayed to 0 and MLD's guidance 7.5 (params.yaml says what each bought)
+    train: DiffusionTrainConfig = DiffusionTrainConfig(steps=6000, lr_schedule="cosine")
+    sampling: DiffusionSamplingConfig = DiffusionSamplingConfig(steps=10, guidance=7.5, eta=0.0)
 
     @model_validator(mode="after")
     def _check(self) -> MDMSection:
         if self.init == "mdm" and (self.checkpoint is None or self.text.kind != "clip"):
             raise ValueError("init mdm needs checkpoint (MDM's model*.pt) and text.kind clip with text.clip_dir")
+        check_sampling_steps(self.sampling.steps, self.model.diffusion_steps)
         return self
 
 
@@ -791,6 +802,7 @@ class MLDSection(Section):
     def _check(self) -> MLDSection:
         if self.init == "mld" and (self.checkpoint is None or self.text.kind != "clip"):
             raise ValueError("init mld needs checkpoint (MLD's .ckpt) and text.kind clip with text.clip_dir")
+        check_sampling_steps(self.sampling.steps, self.model.diffusion_steps)
         return self
 
 

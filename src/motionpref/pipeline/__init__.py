@@ -213,18 +213,35 @@ def lineage_params(dvc_yaml: Path, address: str) -> tuple[str, ...]:
 
 # params keys added after runs were recorded, at the value that computes what those runs computed: left out of a
 # lineage hash at that value, so that suites keep finding the earlier runs
-HASH_NEUTRAL = {"data.format": "humanml3d"}
+HASH_NEUTRAL = {
+    "data.format": "humanml3d",
+    **{
+        f"diffusion.{m}.{t}.lr_schedule": "constant"
+        for m, t in (("mdm", "train"), ("mld", "train"), ("mld", "vae_train"))
+    },
+}
 
 
 def lineage_hash(params: Params, dvc_yaml: Path, address: str) -> str:
     values = {key: _value_at(params, key) for key in lineage_params(dvc_yaml, address)}
     for dotted, neutral in HASH_NEUTRAL.items():
-        section, _, name = dotted.rpartition(".")
-        if values.get(dotted, object()) == neutral:
-            del values[dotted]
-        elif isinstance(values.get(section), dict) and values[section].get(name, object()) == neutral:
-            del values[section][name]
+        _drop_if(values, dotted, neutral)
     return params_hash(values)
+
+
+def _drop_if(values: dict[str, Any], dotted: str, neutral: Any) -> None:
+    """Delete ``dotted`` from ``values`` (keyed by declared params keys, each value a nested dict) if it holds
+    ``neutral``."""
+    for key in values:
+        if dotted == key or dotted.startswith(key + "."):
+            rest = dotted[len(key) + 1 :]
+            path = [key, *rest.split(".")] if rest else [key]
+            node: Any = values
+            for part in path[:-1]:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and node.get(path[-1], object()) == neutral:
+                del node[path[-1]]
+            return
 
 
 def _profile_key(key: str) -> bool:

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from transformers import get_scheduler
 
 from motionpref.config import DiffusionAlgoConfig, DiffusionSamplingConfig, DiffusionTrainConfig, LaunchConfig
 from motionpref.distributed import (
@@ -145,6 +146,8 @@ def _fit(
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in trained.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # stepped here, not through accelerate: its prepared scheduler steps once per process
+    schedule = get_scheduler(cfg.lr_schedule, optimiser, num_warmup_steps=0, num_training_steps=cfg.steps)
     model, optimiser = accel.prepare(_Objective(trained, loss_fn), optimiser)
     window: list[float] = []
     first = float("nan")
@@ -157,6 +160,7 @@ def _fit(
         accel.backward(loss)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimiser.step()
+        schedule.step()
         window.append(batch_loss)
         if step == 1:
             first = window[0]

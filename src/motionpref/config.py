@@ -774,7 +774,7 @@ class MDMSection(Section):
     checkpoint: Path | None = None  # for mdm: the model*.pt file
     text: TextEncoderConfig = TextEncoderConfig()
     model: MDMConfig = MDMConfig(diffusion_steps=50)  # the 50-step MDM that SoPo finetunes
-    # a CPU-sized MDM: 6,000 steps decayed to 0 and MLD's guidance 7.5 (params.yaml says what each bought)
+    # a CPU-sized MDM: 6,000 steps decayed to 0 and MLD's guidance 7.5 (what they reach: params.yaml)
     train: DiffusionTrainConfig = DiffusionTrainConfig(steps=6000, lr_schedule="cosine")
     sampling: DiffusionSamplingConfig = DiffusionSamplingConfig(steps=10, guidance=7.5, eta=0.0)
 

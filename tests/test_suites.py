@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from command_fixtures import BIN, isolated_env
+from command_fixtures import run as run_command
 from suite_fixtures import (
     BASE_R1,
     BETA,
@@ -372,49 +376,39 @@ def test_a_winrate_suite_with_one_seed_is_refused_at_report(project: Path) -> No
 def test_a_queued_run_runs_the_stages_mlflow_lacks_though_the_committed_lock_matches(tmp_path: Path) -> None:
     """On a machine that rebuilds the committed lock's outputs bit for bit, DVC skips a stage whose lock entry
     matches, so it must not see that entry when MLflow lacks the stage's run (DVC's own queue, a real stash)."""
-    import os
-    import subprocess
-    import sys
-
-    from motionpref.suites import lock_without, queue_status
+    from motionpref.suites import Lock, queue_status
 
     ran = tmp_path / "ran.log"
     root = tmp_path / "project"
     root.mkdir()
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@localhost",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@localhost",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    dvc = [str(Path(sys.executable).with_name("dvc"))]
+    env = isolated_env(tmp_path)
 
-    def run(*args: str) -> str:
-        return subprocess.run(args, cwd=root, env=env, check=True, capture_output=True, text=True).stdout
+    dvc = BIN / "dvc"
+
+    def sh(*args: str | Path) -> str:
+        return run_command(list(args), root, env).stdout
 
     write = "import sys; open(sys.argv[1], 'a').write('ran\\n'); open('out.txt', 'w').write('x')"
     stage = {"cmd": f'{sys.executable} -c "{write}" {ran}', "params": ["p"], "outs": ["out.txt"]}
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"a": stage}}))
     (root / "params.yaml").write_text("p: 1\n")
-    run("git", "init", "-q")
-    run(*dvc, "init", "-q")
-    run(*dvc, "repro", "-q")
-    run("git", "add", "-A")
-    run("git", "commit", "-qm", "the lock, as committed elsewhere")
+    sh("git", "init", "-q")
+    sh(dvc, "init", "-q")
+    sh(dvc, "repro", "-q")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "the lock, as committed elsewhere")
     # this machine never ran the stage: its run cache is empty, its outputs match the lock
-    subprocess.run(["rm", "-r", str(root / ".dvc" / "cache" / "runs")], check=True)
+    shutil.rmtree(root / ".dvc" / "cache" / "runs")
     assert ran.read_text() == "ran\n"
     lock = (root / "dvc.lock").read_bytes()
 
-    run(*dvc, "exp", "run", "--queue", "-n", "as_committed", "a")
-    with lock_without(root, ["a", "not_a_stage"]):
+    sh(dvc, "exp", "run", "--queue", "-n", "as_committed", "a")
+    with Lock.read(root).without(["a", "not_a_stage"]):
         assert yaml.safe_load((root / "dvc.lock").read_text())["stages"] == {}
-        run(*dvc, "exp", "run", "--queue", "-n", "forgetting_a", "a")
+        sh(dvc, "exp", "run", "--queue", "-n", "forgetting_a", "a")
     assert (root / "dvc.lock").read_bytes() == lock  # the workspace's lock is put back as it was
-    assert run("git", "status", "--porcelain") == ""
-    run(*dvc, "exp", "run", "--run-all", "--jobs", "1")
+    assert sh("git", "status", "--porcelain") == ""
+    sh(dvc, "exp", "run", "--run-all", "--jobs", "1")
     status = queue_status(root, ["as_committed", "forgetting_a"])
     assert status == {"as_committed": "Success", "forgetting_a": "Success"}
     assert ran.read_text() == "ran\n" * 2  # DVC skipped the stage as committed; without its entry it ran

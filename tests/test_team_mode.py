@@ -10,13 +10,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from command_fixtures import BIN, clean_env, isolated_env, run
 from label_app_fixtures import free_port, wait_until_up
 from mlflow import MlflowClient
 from suite_fixtures import make_project
@@ -26,10 +26,8 @@ from motionpref.tracking import flatten
 from tests.conftest import CMU_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the project's venv: its mlflow, dvc and the `python` dvc.yaml's commands run
 STAGE = "prepare_data"  # the cheapest stage with a metrics file (reports/prepare_data.json)
 STAGES = ("prepare_data", "generate_prompts")  # the DVC test's chain: the second reads the first's cached out
-COMMAND_TIMEOUT = 300
 
 
 def smoke_project(root: Path) -> Path:
@@ -41,27 +39,6 @@ def smoke_project(root: Path) -> Path:
     params["data"]["cmu_dir"] = str(CMU_DIR)  # the committed value is relative to the repository
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return root
-
-
-def run(cmd: list[str | Path], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd``; on a non-zero exit fail the test with the command's output."""
-    done = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT
-    )
-    if done.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, cmd))} exited {done.returncode} in {cwd}:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment a stage sees outside DVC and tests: none of a surrounding DVC run's or git's variables."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DVC_", "GIT_")) and k not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")
-    }
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return {**env, **extra}
 
 
 # ------------------------------------------------------------------------------- a shared MLflow tracking server
@@ -171,16 +148,7 @@ def stage_runs(db: Path) -> list[str]:
 @pytest.mark.slow
 def test_a_teammates_clone_pulls_the_outputs_and_reproduces_nothing(tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"  # the team's tracking store: any stage command that runs leaves a run here
-    env = clean_env(
-        MLFLOW_TRACKING_URI=f"sqlite:///{db}",
-        # no user or machine configuration of git or DVC, no network
-        GIT_CONFIG_GLOBAL=os.devnull,
-        GIT_CONFIG_NOSYSTEM="1",
-        DVC_GLOBAL_CONFIG_DIR=str(tmp_path / "dvc-global"),
-        DVC_SYSTEM_CONFIG_DIR=str(tmp_path / "dvc-system"),
-        DVC_SITE_CACHE_DIR=str(tmp_path / "dvc-site"),
-        DVC_NO_ANALYTICS="1",
-    )
+    env = isolated_env(tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{db}")  # no user git/DVC config, no network
     git = ["git", "-c", "user.name=Team Test", "-c", "user.email=team@localhost", "-c", "init.defaultBranch=main"]
     dvc = BIN / "dvc"
 

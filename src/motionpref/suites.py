@@ -13,7 +13,7 @@ decide its outputs (its own and those of every stage upstream: ``pipeline.lineag
 hash each of its evaluations must have under the run's params and looks it up, so a stage DVC restored from its
 run cache instead of running (the baseline, shared by every variant) is found by the run that computed it, and a
 suite killed halfway queues only the runs whose evaluations MLflow does not hold yet. A stage MLflow lacks is
-queued without its ``dvc.lock`` entry (``lock_without``), so DVC runs it even where the committed lock matches.
+queued without its ``dvc.lock`` entry (``Lock.without``), so DVC runs it even where the committed lock matches.
 Matching is by params, not by code: a run recorded before a code change that alters outputs matches too
 (``--fresh`` ignores earlier runs).
 """
@@ -419,38 +419,49 @@ def enqueue(plans: Sequence[RunPlan], root: Path, lacking: Mapping[str, Sequence
     again = [p.run.name for p in pending if p.run.name in existing]
     if again:
         _dvc(["exp", "remove", *again], root)
+    lock = Lock.read(root)
     for p in pending:
         sets = [a for k, v in p.run.overrides.items() for a in ("-S", f"{k}={hydra_value(v)}")]
-        with lock_without(root, lacking[p.run.name]):
+        with lock.without(lacking[p.run.name]):
             _dvc(["exp", "run", "--queue", "-n", p.run.name, *sets, *p.targets], root)
 
 
-@contextmanager
-def lock_without(root: Path, stages: Iterable[str]) -> Iterator[None]:
-    """Let ``root/dvc.lock`` lack the entries of ``stages`` while the block queues an experiment (DVC stashes the
-    workspace, lock included), then put the file back byte for byte.
+@dataclass(frozen=True)
+class Lock:
+    """The workspace's ``dvc.lock`` as read once: its bytes, to put back exactly, and its parsed stage entries."""
 
-    Why: DVC skips a stage whose lock entry matches its inputs without running its command, and a skipped stage
-    leaves no MLflow run. The committed lock's stages match on a machine that reproduces them bit for bit, so a
-    stage MLflow lacks must look new to the queued copy. (A stage in DVC's run cache is still restored, not run:
-    ``main_run`` names any such stage afterwards.)"""
-    from motionpref.io import write_bytes, write_text
+    path: Path
+    original: bytes | None
+    data: Any
 
-    lock = root / "dvc.lock"
-    original = lock.read_bytes() if lock.exists() else None
-    data = yaml.safe_load(original) if original else None
-    entries = data.get("stages", {}) if isinstance(data, dict) else {}
-    drop = [s for s in stages if s in entries]
-    if not drop:
-        yield
-        return
-    for s in drop:
-        del entries[s]
-    write_text(lock, yaml.safe_dump(data, sort_keys=False))
-    try:
-        yield
-    finally:
-        write_bytes(lock, original)
+    @classmethod
+    def read(cls, root: Path) -> Lock:
+        path = root / "dvc.lock"
+        original = path.read_bytes() if path.exists() else None
+        return cls(path, original, yaml.safe_load(original) if original else None)
+
+    @contextmanager
+    def without(self, stages: Iterable[str]) -> Iterator[None]:
+        """Let the lock file lack the entries of ``stages`` while the block queues an experiment (DVC stashes the
+        workspace, lock included), then put the file back byte for byte.
+
+        Why: DVC skips a stage whose lock entry matches its inputs without running its command, and a skipped
+        stage leaves no MLflow run. The committed lock's stages match on a machine that reproduces them bit for
+        bit, so a stage MLflow lacks must look new to the queued copy. (A stage in DVC's run cache is still
+        restored, not run: ``main_run`` names any such stage afterwards.)"""
+        from motionpref.io import write_bytes, write_text
+
+        entries = self.data.get("stages", {}) if isinstance(self.data, dict) else {}
+        drop = set(stages) & set(entries)
+        if not drop:
+            yield
+            return
+        kept = {name: entry for name, entry in entries.items() if name not in drop}
+        write_text(self.path, yaml.safe_dump({**self.data, "stages": kept}, sort_keys=False))
+        try:
+            yield
+        finally:
+            write_bytes(self.path, self.original)
 
 
 def stage_progress(experiment_id: str, name: str, since_ms: int) -> str:
@@ -947,8 +958,8 @@ def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> in
     runs = suite_runs(name, spec, root / "params.yaml")
     experiment = load_params(root / "params.yaml").experiment
     uri = tracking_uri()
-    index = RunIndex.load(experiment, uri)
-    plans = plan(spec, runs, RunIndex({}, {}) if fresh else index, root / "dvc.yaml")
+    known = plan(spec, runs, RunIndex.load(experiment, uri), root / "dvc.yaml")
+    plans = plan(spec, runs, RunIndex({}, {}), root / "dvc.yaml") if fresh else known
     print(describe_plan(name, plans), flush=True)
     if dry_run or all(p.done for p in plans):
         return 0
@@ -960,7 +971,7 @@ def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> in
     experiment_id = mlflow.set_experiment(experiment).experiment_id
     os.environ["MLFLOW_TRACKING_URI"] = uri
     # what MLflow lacks, also under --fresh: a stage whose lock entry matches is DVC's to skip (its code unchanged)
-    lacking = {p.run.name: p.to_run for p in plan(spec, runs, index, root / "dvc.yaml")}
+    lacking = {p.run.name: p.to_run for p in known}
     enqueue(plans, root, lacking)
     status = follow(plans, root, jobs, experiment_id)
     failed = sorted(n for n, s in status.items() if s != "Success")

@@ -149,7 +149,7 @@ def stage_runs(db: Path) -> list[str]:
 def test_a_teammates_clone_pulls_the_outputs_and_reproduces_nothing(tmp_path: Path) -> None:
     db = tmp_path / "mlflow.db"  # the team's tracking store: any stage command that runs leaves a run here
     env = isolated_env(tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{db}")  # no user git/DVC config, no network
-    git = ["git", "-c", "user.name=Team Test", "-c", "user.email=team@localhost", "-c", "init.defaultBranch=main"]
+    git = ["git", "-c", "init.defaultBranch=main"]
     dvc = BIN / "dvc"
 
     # Alice's repository: the project's code and pipeline, the smoke profile

@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from motionpref.io import write_json
+from motionpref.tracking import cpu_type, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "bench" / "pipeline_time.json"
@@ -111,21 +111,13 @@ def changed_files(repo: Path) -> dict[str, list[str] | None]:
     return out
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def summarise(workdir: Path) -> dict[str, Any]:
     repo = workdir / "repo"
     times = json.loads((workdir / "times.json").read_text())
     rows, skipped = stage_times((workdir / "repro.log").read_text().splitlines())
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True)
     return {
-        "commit": commit.stdout.strip(),
-        "cpu": _cpu(),
+        "commit": git_commit(repo),
+        "cpu": cpu_type(),
         "cpus": os.cpu_count(),
         "setup_seconds": round(times["setup_done"] - times["start"], 1),
         "repro_seconds": round(times["repro_done"] - times["setup_done"], 1),

@@ -123,6 +123,10 @@ def test_dvcs_own_set_param_reads_the_overrides_back_as_the_suite_resolved_them(
             {**BETA, "paper": {"algo.beta=0.1": {"result": "x", "trend": "upward"}}},
             "suites.s.paper.algo.beta=0.1.trend",
         ),
+        (
+            {**BETA, "paper": {"algo.beta=0.3 / dpo": {"result": "a typo would leave the cell blank"}}},
+            "suites.s.paper.algo.beta=0.3 / dpo: names no variant or row of this suite",
+        ),
     ],
 )
 def test_a_bad_suite_is_an_error_naming_its_key(project: Path, spec: dict, message: str) -> None:
@@ -130,6 +134,13 @@ def test_a_bad_suite_is_an_error_naming_its_key(project: Path, spec: dict, messa
     with pytest.raises(ConfigError, match="suites") as err:
         suite_runs("s", load_suites(project / "suites.yaml")["s"], project / "params.yaml")
     assert message in str(err.value)
+
+
+def test_the_projects_suites_load_and_cite_the_papers_rows_they_name() -> None:
+    suites = load_suites(Path(__file__).resolve().parents[1] / "suites.yaml")  # raises on a key naming no row
+    assert suites["sopo_t4_variants_mdm"].join == ["sopo_token_variants"]
+    cited = {name for name, spec in suites.items() if spec.paper}
+    assert {"sopo_t1_mdm", "sopo_t1_mld", "sopo_t3_kit", "sopo_t4_variants_mdm", "sopo_t4_k_mdm"} <= cited
 
 
 def test_the_table_is_built_from_mlflow_alone(project: Path) -> None:
@@ -169,6 +180,72 @@ def test_the_table_is_built_from_mlflow_alone(project: Path) -> None:
     with Image.open(md.with_suffix(".png")) as png:  # the Fig. 5-style plot of the gain against beta
         assert png.size == (600, 384)
     assert not (project / "reports" / "metrics").exists()  # nothing but MLflow was read
+
+
+def test_a_table_joins_another_suites_rows_each_against_its_own_baseline(project: Path) -> None:
+    fill_store(project)  # suite s: DPO against SFT
+    t1 = {"models": ["mld_sopo"], "baseline": "mld", "join": ["s"]}
+    paper = {"s: algo.beta=0.2 / dpo": {"result": "flat", "trend": "within"}}
+    write_suites(project, {"s": BETA, "t1": {**t1, "paper": paper}})
+    (run,) = suite_runs("t1", load_suites(project / "suites.yaml")["t1"], project / "params.yaml")
+    log_evaluation(project, run.params, "evaluate@mld", [x - 0.1 for x in BASE_R1])
+    for k, replica in enumerate(["mld_sopo", "mld_sopo_s1", "mld_sopo_s2"]):
+        log_evaluation(project, run.params, f"evaluate@{replica}", [x - 0.1 + 0.01 * k for x in BASE_R1])
+    md = main_report("t1", project)
+    variants = json.loads(md.with_suffix(".json").read_text())["variants"]
+    assert list(variants) == ["base", "s: algo.beta=0.1", "s: algo.beta=0.2"]
+    assert [v["baseline"] for v in variants.values()] == ["mld", "sft", "sft"]
+    assert variants["base"]["seed_gains"]["mld_sopo"]["r_precision_top1"]["per_seed"] == pytest.approx([0, 0.01, 0.02])
+    joined = variants["s: algo.beta=0.2"]["seed_gains"]["dpo"]["r_precision_top1"]["per_seed"]
+    assert joined == pytest.approx(GAINS["algo.beta=0.2"])  # against SFT, not MLD
+    text = md.read_text()
+    assert "each Δ is the gain over the baseline its variant lists first (`mld`, `sft`)" in text
+    assert "| s: algo.beta=0.1 | sft | 1 |" in text and "| base | mld | 1 |" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("| s: algo.beta=0.2 | dpo |")]
+    assert row.endswith("| flat | yes (R@1 within) |")
+    # a joined suite that is not a metrics suite of its own is refused, naming the key
+    write_suites(project, {"s": BETA, "t1": {**t1, "join": ["t1"]}})
+    with pytest.raises(ConfigError, match=r"suites.t1.join: 't1': a metrics suite other than itself"):
+        load_suites(project / "suites.yaml")
+    write_suites(project, {"t1": {**t1, "join": ["nope"]}})
+    with pytest.raises(ConfigError, match=r"suites.t1.join: 'nope': no such suite"):
+        load_suites(project / "suites.yaml")
+
+
+def test_the_papers_numbers_sit_beside_ours_and_each_metrics_direction_is_checked(project: Path) -> None:
+    numbers = {"r_precision_top1": [0.4, 0.5], "mm_dist": [3.3, 3.2], "fid": [0.5, 0.6]}
+    paper = {"mld_sopo": {"result": "MLD → SoPo", "numbers": numbers}}
+    write_suites(project, {"t1": {"models": ["mld_sopo"], "baseline": "mld", "paper": paper}})
+    (run,) = suite_runs("t1", load_suites(project / "suites.yaml")["t1"], project / "params.yaml")
+    log_evaluation(project, run.params, "evaluate@mld", BASE_R1)
+    for k, replica in enumerate(["mld_sopo", "mld_sopo_s1", "mld_sopo_s2"]):  # R@1 +0.05 or so; the rest level
+        log_evaluation(project, run.params, f"evaluate@{replica}", [x + 0.05 + 0.001 * k for x in BASE_R1])
+    md = main_report("t1", project)
+    (row,) = [line for line in md.read_text().splitlines() if line.startswith("| base | mld_sopo | 3 |")]
+    # the paper's R@1 and MM Dist improve and its FID worsens; ours: R@1 better, MM Dist and FID level
+    assert row.endswith(
+        "| R@1 0.400 → 0.500, MM Dist 3.300 → 3.200, FID 0.500 → 0.600 (MLD → SoPo) "
+        "| R@1 yes (better), MM Dist no (within), FID no (within) |"
+    )
+    table = json.loads(md.with_suffix(".json").read_text())
+    assert table["paper"]["mld_sopo"]["numbers"]["fid"] == [0.5, 0.6]
+
+
+@pytest.mark.parametrize(
+    ("cited", "kind", "message"),
+    [
+        ({"result": "x", "trend": "better", "numbers": {"fid": [1, 2]}}, "metrics", "numbers or a trend, not both"),
+        ({"trend": "better"}, "metrics", "needs its words (result) or its numbers"),
+        ({"numbers": {"fid": [1, 2]}}, "winrate", "paper.dpo.numbers: only a metrics suite compares metrics"),
+        ({"numbers": {"diversity": [1, 2]}}, "metrics", "numbers.diversity"),
+    ],
+)
+def test_a_bad_paper_citation_is_an_error_naming_its_key(project: Path, cited: dict, kind: str, message: str) -> None:
+    spec = {"models": ["dpo"], **({"baseline": "sft"} if kind == "metrics" else {"kind": "winrate"})}
+    write_suites(project, {"s": {**spec, "paper": {"dpo": cited}}})
+    with pytest.raises(ConfigError, match="suites.s") as err:
+        load_suites(project / "suites.yaml")
+    assert message in str(err.value)
 
 
 def test_plan_queues_only_what_mlflow_lacks_and_a_missing_evaluation_is_named(project: Path) -> None:

@@ -65,9 +65,30 @@ class PaperResult(Section):
     falls or within). No trend: the finding is not such a direction (a ranking of variants, say) and is shown but
     not checked."""
 
-    result: str
+    result: str = ""
     trend: Literal["better", "worse", "within", "rises", "falls"] | None = None
     metric: Literal["r_precision_top1", "r_precision_top3", "mm_dist", "fid"] = "r_precision_top1"
+    # metrics suites: the paper's numbers for the row, metric -> [its baseline's, the row's]; the direction of
+    # each (better or worse, as the metric counts) is a trend the table checks, in place of trend and metric
+    numbers: dict[Literal["r_precision_top1", "r_precision_top3", "mm_dist", "fid"], tuple[float, float]] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _words_or_numbers(self) -> PaperResult:
+        if not self.result and not self.numbers:
+            raise ValueError("a paper result needs its words (result) or its numbers")
+        if self.numbers and self.trend is not None:
+            raise ValueError("numbers imply their trends: give numbers or a trend, not both")
+        return self
+
+    def directions(self) -> dict[str, str]:
+        """Each cited metric's direction in the paper: better, worse or within (no change)."""
+        out = {}
+        for metric, (before, after) in sorted(self.numbers.items(), key=lambda kv: PAIRED.index(kv[0])):
+            up = METRICS[metric][1]
+            out[metric] = "within" if after == before else "better" if (after > before) == up else "worse"
+        return out
 
 
 class CurveSpec(Section):
@@ -100,6 +121,10 @@ class SuiteSpec(Section):
     # metrics: also each model's preference-generation time (SoPo's Table 1 "Time"), seconds per caption, from the
     # metrics file of each replicate's finetune stage
     preference_time: bool = False
+    # metrics: other metrics suites whose rows follow this one's, each variant against its own suite's baseline
+    # (SoPo's Table 4: the token policy's variants beside MDM's); their runs are theirs to run. The paper entries
+    # of their rows are this suite's, keyed "<suite>: <variant>"
+    join: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _kind_has_its_fields(self) -> SuiteSpec:
@@ -107,7 +132,7 @@ class SuiteSpec(Section):
         missing = [f for f in needs if not getattr(self, f)]
         if missing:
             raise ValueError(f"a {self.kind} suite needs {' and '.join(missing)}")
-        metrics_only = ("figure", "preference_time")
+        metrics_only = ("figure", "preference_time", "join")
         extra = [f for f in ("models", "baseline", "curves", *metrics_only) if f not in needs and getattr(self, f)]
         if self.kind == "metrics":
             extra = [f for f in extra if f not in metrics_only]
@@ -116,6 +141,8 @@ class SuiteSpec(Section):
             raise ValueError(f"a {self.kind} suite takes no {' or '.join(extra)}{why}")
         curve_trend = self.kind == "curves"
         for key, cited in self.paper.items():
+            if cited.numbers and self.kind != "metrics":
+                raise ValueError(f"paper.{key}.numbers: only a metrics suite compares metrics with the paper's")
             if cited.trend is not None and (cited.trend in CURVE_TRENDS) != curve_trend:
                 allowed = "rises or falls" if curve_trend else "better, worse or within"
                 raise ValueError(f"paper.{key}.trend: a {self.kind} suite's trend is {allowed}")
@@ -163,9 +190,33 @@ def load_suites(path: str | Path = SUITES_FILE) -> dict[str, SuiteSpec]:
             suites[name] = SuiteSpec.model_validate(spec)
         except ValidationError as e:
             problems += error_lines(e, f"suites.{name}.")
+    for name, spec in suites.items():
+        for joined in spec.join:
+            other = suites.get(joined)
+            if other is None or joined == name or other.kind != "metrics" or other.join:
+                why = "no such suite" if other is None else "a metrics suite other than itself that joins none"
+                problems.append(f"  suites.{name}.join: {joined!r}: {why}")
+        if not any(p.startswith(f"  suites.{name}.join") for p in problems):
+            problems += [f"  suites.{name}.paper.{key}: {why}" for key, why in _unmatched_paper(spec, suites)]
     if problems:
         raise ConfigError("\n".join([f"{path}: invalid suites", *problems]))
     return suites
+
+
+def _variants(spec: SuiteSpec) -> list[tuple[dict[str, Any], str]]:
+    """Each variant of the grid: its values (key -> value) and its label ("base" for an empty grid)."""
+    keys = list(spec.grid)
+    chosen = [dict(zip(keys, values, strict=True)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+    return [(c, ", ".join(f"{k}={_text(v)}" for k, v in c.items()) or "base") for c in chosen]
+
+
+def _unmatched_paper(spec: SuiteSpec, suites: Mapping[str, SuiteSpec]) -> list[tuple[str, str]]:
+    """The paper keys that name no row of the suite's table (a typo would leave the paper's cell blank)."""
+    variants = [v for _, v in _variants(spec)] + [f"{j}: {v}" for j in spec.join for _, v in _variants(suites[j])]
+    rows = [*spec.models, *([spec.baseline] if spec.baseline else []), *(spec.curves.metrics if spec.curves else [])]
+    rows += [m for j in spec.join for m in suites[j].models]
+    known = {*variants, *rows, *(f"{v} / {r}" for v in variants for r in rows)}
+    return [(key, "names no variant or row of this suite") for key in spec.paper if key not in known]
 
 
 def _set(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
@@ -193,23 +244,20 @@ def suite_runs(name: str, spec: SuiteSpec, params_path: str | Path = "params.yam
     lacks, or a value it refuses, is an error naming the suite and key)."""
     params_path = Path(params_path)
     raw = yaml.safe_load(params_path.read_text(encoding="utf-8"))
-    keys = list(spec.grid)
     runs = []
-    for values in itertools.product(*(spec.grid[k] for k in keys)):
-        chosen = dict(zip(keys, values, strict=True))
-        variant = ", ".join(f"{k}={_text(v)}" for k, v in chosen.items())
+    for chosen, variant in _variants(spec):
         slug = "-".join(f"{k.rsplit('.', 1)[-1]}_{_slug(v)}" for k, v in chosen.items()) or "base"
         for seed in spec.seeds:
             overrides = {**spec.base, **chosen, spec.seed_key: seed}
-            overrides.update({"suite.name": name, "suite.variant": variant or "base", "suite.seed": seed})
+            overrides.update({"suite.name": name, "suite.variant": variant, "suite.seed": seed})
             resolved = copy.deepcopy(raw)
             for key, value in overrides.items():
                 _set(resolved, key, value, f"{SUITES_FILE}: suites.{name}")
             try:
-                params = parse_params(resolved, f"{params_path} with suite {name}'s {variant or 'base'}")
+                params = parse_params(resolved, f"{params_path} with suite {name}'s {variant}")
             except ConfigError as e:
                 raise ConfigError(f"{SUITES_FILE}: suites.{name}: {e}") from None
-            runs.append(SuiteRun(name, variant or "base", seed, overrides, f"{name}-{slug}-s{seed}", params))
+            runs.append(SuiteRun(name, variant, seed, overrides, f"{name}-{slug}-s{seed}", params))
     if runs:
         _check_seeds(name, spec, runs[0].params, params_path.parent / "dvc.yaml")
     if len({r.name for r in runs}) != len(runs):
@@ -705,9 +753,28 @@ def _cited(paper: Mapping[str, Any], variant: str, row: str) -> Mapping[str, Any
     return paper.get(f"{variant} / {row}") or paper.get(variant) or paper.get(row) or {}
 
 
-def _paper_cells(paper: Mapping[str, Any], cited: Mapping[str, Any], got: str, label: str) -> str:
-    """The paper and holds cells of a row, none when the suite cites no paper."""
-    return f" {cited.get('result', '')} | {trend_holds(cited, got, label)} |" if paper else ""
+def _paper_cells(paper: Mapping[str, Any], cited: Mapping[str, Any], holds: str) -> str:
+    """The paper and holds cells of a row, none when the suite cites no paper: the paper's numbers (each metric's
+    baseline -> row), then its words."""
+    if not paper:
+        return ""
+    cited_numbers = cited.get("numbers", {})
+    numbers = ", ".join(
+        f"{METRICS[m][0]} {cited_numbers[m][0]:.3f} → {cited_numbers[m][1]:.3f}" for m in PAIRED if m in cited_numbers
+    )
+    words = cited.get("result", "")
+    return f" {f'{numbers} ({words})' if numbers and words else numbers or words} | {holds} |"
+
+
+def _metric_holds(cited: Mapping[str, Any], gains: Mapping[str, Any]) -> str:
+    """Whether our seed-replicate verdicts have the directions the paper's numbers (or its stated trend) imply."""
+    if cited.get("numbers"):
+        return ", ".join(
+            f"{METRICS[m][0]} {'yes' if gains[m]['verdict'] == theirs else 'no'} ({gains[m]['verdict']})"
+            for m, theirs in PaperResult.model_validate(cited).directions().items()
+        )
+    metric = cited.get("metric", "r_precision_top1")
+    return trend_holds(cited, gains[metric]["verdict"], METRICS[metric][0])
 
 
 def _header(table: Mapping[str, Any], how: str, labels: Sequence[str], numbers: Sequence[str]) -> list[str]:
@@ -718,6 +785,11 @@ def _header(table: Mapping[str, Any], how: str, labels: Sequence[str], numbers: 
     if table["description"]:
         out += [table["description"], ""]
     holds = " paper: the paper's result for the row; holds: whether ours gets the verdict the paper's finding implies."
+    if any(c.get("numbers") for c in table["paper"].values()):
+        holds += (
+            " Numbers are the paper's (docs/papers.md), its baseline → the row; the verdict each implies is the sign "
+            "of its change, the papers printing no interval for a difference."
+        )
     out += [how + (holds if paper else "") + " Built from MLflow by `motionpref suite report`.", ""]
     cited = ("paper", "holds") if paper else ()
     columns = [*labels, *numbers, *cited]
@@ -733,13 +805,24 @@ def _seconds(x: float) -> str:
     return f"{x:.{max(3, 2 - math.floor(math.log10(abs(x))))}f}" if x else "0.000"
 
 
+def _timed_cell(comparison: Mapping[str, Any], model: str) -> str:
+    timed = comparison.get("preference_time", {}).get(model)
+    return _seconds(timed["seconds_per_caption"]) if timed else ""
+
+
 def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
-    baseline, paper = table["baseline"], table["paper"]
+    paper = table["paper"]
     timed = any("preference_time" in c for c in table["variants"].values())
+    baselines = list(dict.fromkeys(c["baseline"] for c in table["variants"].values()))
+    over = (
+        f"`{baselines[0]}`"
+        if len(baselines) == 1
+        else "the baseline its variant lists first (" + ", ".join(f"`{b}`" for b in baselines) + ")"
+    )
     out = _header(
         table,
         "Test split, first samples. R@1 and FID: each model's first seed replicate (mean over the evaluation's "
-        f"replications); each Δ is the gain over `{baseline}` on the same captions, crops and batches (a mean paired "
+        f"replications); each Δ is the gain over {over} on the same captions, crops and batches (a mean paired "
         "difference per seed replicate), mean ± 95% Student t interval across the replicates; ▲ better or ▼ worse "
         "only when the interval excludes 0."
         + (
@@ -759,6 +842,7 @@ def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
         ],
     )
     for variant, comparison in table["variants"].items():
+        baseline = comparison["baseline"]
         base = comparison["metrics"][baseline]
         out.append(
             f"| {variant} | {baseline} | 1 | {base['r_precision_top1']['mean']:.3f} | {base['fid']['mean']:.3f} |"
@@ -769,14 +853,13 @@ def _metrics_markdown(table: Mapping[str, Any]) -> list[str]:
             r1 = gains["r_precision_top1"]
             own = comparison["metrics"][model]
             cited = _cited(paper, variant, model)
-            metric = cited.get("metric", "r_precision_top1")
             out.append(
                 f"| {variant} | {model} | {len(r1['per_seed'])} | {own['r_precision_top1']['mean']:.3f} | "
                 f"{own['fid']['mean']:.3f} | "
                 + " | ".join(signed(gains[m]) for m in PAIRED)
                 + f" | {r1['p']:.3f} |"
-                + (f" {_seconds(comparison['preference_time'][model]['seconds_per_caption'])} |" if timed else "")
-                + _paper_cells(paper, cited, gains[metric]["verdict"], METRICS[metric][0])
+                + (f" {_timed_cell(comparison, model)} |" if timed else "")
+                + _paper_cells(paper, cited, _metric_holds(cited, gains))
             )
     for variant, comparison in table["variants"].items():
         out += ["", (f"{variant}: " if len(table["variants"]) > 1 else "") + stability_line(comparison["stability"])]
@@ -796,13 +879,14 @@ def _winrate_markdown(table: Mapping[str, Any]) -> list[str]:
     )
     for variant, models in table["variants"].items():
         for model, row in models.items():
+            cited = _cited(paper, variant, model)
             for cell in row["temperatures"]:
                 gap = cell["win_minus_loss"]
                 out.append(
                     f"| {variant} | {model} | {row['baseline']} | {cell['temperature']:g} | {gap['n']} | "
                     + " | ".join(f"{100 * cell[o]['mean']:.1f}%" for o in ("win", "tie", "loss"))
                     + f" | {signed(gap)} | {gap['p']:.3f} |"
-                    + _paper_cells(paper, _cited(paper, variant, model), gap["verdict"], "win − loss")
+                    + _paper_cells(paper, cited, trend_holds(cited, gap["verdict"], "win − loss"))
                 )
     return out
 
@@ -821,10 +905,11 @@ def _curves_markdown(table: Mapping[str, Any]) -> list[str]:
         for metric, row in metrics.items():
             change = row["change"]
             steps = sorted({len(c["steps"]) for c in row["series"]})
+            cited = _cited(paper, variant, metric)
             out.append(
                 f"| {variant} | {metric} | {change['n']} | {'/'.join(map(str, steps))} | {row['first']['mean']:.3f} | "
                 f"{row['last']['mean']:.3f} | {signed(change)} | {change['p']:.3f} |"
-                + _paper_cells(paper, _cited(paper, variant, metric), change["verdict"], "last − first")
+                + _paper_cells(paper, cited, trend_holds(cited, change["verdict"], "last − first"))
             )
     return out
 
@@ -961,6 +1046,8 @@ def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> in
     known = plan(spec, runs, RunIndex.load(experiment, uri), root / "dvc.yaml")
     plans = plan(spec, runs, RunIndex({}, {}), root / "dvc.yaml") if fresh else known
     print(describe_plan(name, plans), flush=True)
+    for joined in spec.join:
+        print(f"its table also shows suite {joined}'s rows: motionpref suite run {joined} runs them", flush=True)
     if dry_run or all(p.done for p in plans):
         return 0
     import mlflow
@@ -996,8 +1083,8 @@ def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> in
     return 0
 
 
-def _spec(name: str, root: Path) -> SuiteSpec:
-    suites = load_suites(root / SUITES_FILE)
+def _spec(name: str, root: Path, suites: Mapping[str, SuiteSpec] | None = None) -> SuiteSpec:
+    suites = load_suites(root / SUITES_FILE) if suites is None else suites
     if name not in suites:
         raise ConfigError(f"{root / SUITES_FILE}: no suite {name!r}; suites: {', '.join(suites)}")
     return suites[name]
@@ -1011,9 +1098,19 @@ def main_report(name: str, root: Path) -> Path:
     from motionpref.config import load_params
     from motionpref.tracking import tracking_uri
 
-    spec = _spec(name, root)
-    runs = suite_runs(name, spec, root / "params.yaml")
+    suites = load_suites(root / SUITES_FILE)
+    spec = _spec(name, root, suites)
     uri = tracking_uri()
     index = RunIndex.load(load_params(root / "params.yaml").experiment, uri)
-    table = suite_table(name, spec, runs, index, mlflow.MlflowClient(uri), root / "dvc.yaml")
+    client = mlflow.MlflowClient(uri)
+
+    def table_of(suite: str) -> dict[str, Any]:
+        runs = suite_runs(suite, suites[suite], root / "params.yaml")
+        return suite_table(suite, suites[suite], runs, index, client, root / "dvc.yaml")
+
+    table = table_of(name)
+    for joined in spec.join:
+        rows = table_of(joined)
+        table["variants"] |= {f"{joined}: {variant}": c for variant, c in rows["variants"].items()}
+        table["sources"] |= rows["sources"]
     return write_table(root, table, spec)

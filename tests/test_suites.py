@@ -26,6 +26,7 @@ from suite_fixtures import (
 from motionpref.config import ConfigError, parse_params
 from motionpref.pipeline import lineage_hash
 from motionpref.suites import (
+    PaperResult,
     RunIndex,
     hydra_value,
     load_suites,
@@ -231,9 +232,31 @@ def test_the_papers_numbers_sit_beside_ours_and_each_metrics_direction_is_checke
     assert table["paper"]["mld_sopo"]["numbers"]["fid"] == [0.5, 0.6]
 
 
+def test_a_change_inside_the_papers_own_intervals_is_within(project: Path) -> None:
+    numbers = {"r_precision_top1": [0.4, 0.5], "mm_dist": [3.3, 3.2], "fid": [0.5, 0.6]}
+    # R@1: 0.1 apart, the difference's half-width hypot(0.08, 0.07) = 0.106 covers it; MM Dist's 0.071 does not
+    plus_minus = {"r_precision_top1": [0.08, 0.07], "mm_dist": [0.05, 0.05]}
+    cited = PaperResult(result="MLD → SoPo", numbers=numbers, plus_minus=plus_minus)
+    assert cited.directions() == {"r_precision_top1": "within", "mm_dist": "better", "fid": "worse"}
+    paper = {"mld_sopo": cited.model_dump()}
+    write_suites(project, {"t1": {"models": ["mld_sopo"], "baseline": "mld", "paper": paper}})
+    (run,) = suite_runs("t1", load_suites(project / "suites.yaml")["t1"], project / "params.yaml")
+    log_evaluation(project, run.params, "evaluate@mld", BASE_R1)
+    for k, replica in enumerate(["mld_sopo", "mld_sopo_s1", "mld_sopo_s2"]):
+        log_evaluation(project, run.params, f"evaluate@{replica}", [x + 0.05 + 0.001 * k for x in BASE_R1])
+    md = main_report("t1", project)
+    (row,) = [line for line in md.read_text().splitlines() if line.startswith("| base | mld_sopo | 3 |")]
+    assert row.endswith(
+        "| R@1 0.400 ± 0.080 → 0.500 ± 0.070, MM Dist 3.300 ± 0.050 → 3.200 ± 0.050, FID 0.500 → 0.600 (MLD → SoPo) "
+        "| R@1 no (better), MM Dist no (within), FID no (within) |"
+    )
+
+
 @pytest.mark.parametrize(
     ("cited", "kind", "message"),
     [
+        ({"numbers": {"fid": [1, 2]}, "plus_minus": {"mm_dist": [0.1, 0.1]}}, "metrics", "an interval needs"),
+        ({"numbers": {"fid": [1, 2]}, "plus_minus": {"fid": [-0.1, 0.1]}}, "metrics", "plus_minus.fid"),
         ({"result": "x", "trend": "better", "numbers": {"fid": [1, 2]}}, "metrics", "numbers or a trend, not both"),
         ({"trend": "better"}, "metrics", "needs its words (result) or its numbers"),
         ({"numbers": {"fid": [1, 2]}}, "winrate", "paper.dpo.numbers: only a metrics suite compares metrics"),
@@ -489,3 +512,61 @@ def test_a_queued_run_runs_the_stages_mlflow_lacks_though_the_committed_lock_mat
     status = queue_status(root, ["as_committed", "forgetting_a"])
     assert status == {"as_committed": "Success", "forgetting_a": "Success"}
     assert ran.read_text() == "ran\n" * 2  # DVC skipped the stage as committed; without its entry it ran
+
+
+@pytest.mark.slow
+def test_stages_dvc_restored_from_its_run_cache_run_again_alone_in_a_scratch_clone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DVC restores a stage it has seen from its run cache without running it, so an MLflow store never sees a
+    second experiment of the same params run; rerun_restored runs just those stages, on the experiment's own
+    upstream outputs, logging under its name, and leaves the workspace as it was."""
+    from motionpref.suites import queue_status, rerun_restored
+
+    ran = tmp_path / "ran.log"
+    root = tmp_path / "project"
+    root.mkdir()
+    env = isolated_env(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    dvc = BIN / "dvc"
+
+    def sh(*args: str | Path) -> str:
+        return run_command(list(args), root, env).stdout
+
+    # each stage logs its name, what it read and the experiment and store it would log to
+    log = (
+        "import os, sys; name, src, dst = sys.argv[2:]; got = open(src).read().strip() if src != '-' else "
+        "open('params.yaml').read().split()[-1]; open(sys.argv[1], 'a').write(' '.join([name, got, "
+        "os.environ.get('DVC_EXP_NAME', ''), os.environ.get('MLFLOW_TRACKING_URI', '')]) + '\\n'); "
+        "open(dst, 'w').write(got)"
+    )
+    stages = {
+        "a": {"cmd": f'{sys.executable} -c "{log}" {ran} a - a.txt', "params": ["p"], "outs": ["a.txt"]},
+        "b": {"cmd": f'{sys.executable} -c "{log}" {ran} b a.txt b.txt', "deps": ["a.txt"], "outs": ["b.txt"]},
+        # never run: the lock has no entry for it, as a smoke workspace's has none for what its suites skip
+        "c": {"cmd": f'{sys.executable} -c "{log}" {ran} c - c.txt', "params": ["p"], "outs": ["c.txt"]},
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    (root / "params.yaml").write_text("p: 1\n")
+    sh("git", "init", "-q")
+    sh(dvc, "init", "-q")
+    sh(dvc, "repro", "-q", "b")
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "p 1")
+    assert ran.read_text().splitlines() == ["a 1  ", "b 1  "]
+
+    for name in ("first", "second"):  # the same params twice: DVC's run cache serves the second
+        sh(dvc, "exp", "run", "--queue", "-n", name, "-S", "p=2", "b")
+    sh(dvc, "exp", "run", "--run-all", "--jobs", "1")
+    assert queue_status(root, ["first", "second"]) == {"first": "Success", "second": "Success"}
+    assert ran.read_text().splitlines()[2:] == ["a 2 first ", "b 2 first "]  # the second ran nothing
+
+    rerun_restored(root, {"second": ["b", "a"]}, root / "dvc.yaml", "sqlite:///elsewhere.db")
+    # upstream first, each reading the experiment's own input (p 2, not the workspace's 1), under its name
+    store = "sqlite:///elsewhere.db"
+    assert ran.read_text().splitlines()[4:] == [f"a 2 second {store}", f"b 2 second {store}"]
+    assert (root / "params.yaml").read_text() == "p: 1\n" and sh("git", "status", "--porcelain") == ""
+
+    rerun_restored(root, {"second": ["b"]}, root / "dvc.yaml", store)  # b alone reads the experiment's a.txt
+    assert ran.read_text().splitlines()[6:] == [f"b 2 second {store}"]

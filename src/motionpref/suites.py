@@ -30,12 +30,13 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -73,6 +74,11 @@ class PaperResult(Section):
     numbers: dict[Literal["r_precision_top1", "r_precision_top3", "mm_dist", "fid"], tuple[float, float]] = Field(
         default_factory=dict
     )
+    # where the paper prints them: the 95% half-widths of its two numbers, metric -> [its baseline's, the row's]
+    plus_minus: dict[
+        Literal["r_precision_top1", "r_precision_top3", "mm_dist", "fid"],
+        tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]],
+    ] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _words_or_numbers(self) -> PaperResult:
@@ -80,14 +86,20 @@ class PaperResult(Section):
             raise ValueError("a paper result needs its words (result) or its numbers")
         if self.numbers and self.trend is not None:
             raise ValueError("numbers imply their trends: give numbers or a trend, not both")
+        if stray := sorted(set(self.plus_minus) - set(self.numbers)):
+            raise ValueError(f"plus_minus: {', '.join(stray)}: an interval needs the metric's numbers")
         return self
 
     def directions(self) -> dict[str, str]:
-        """Each cited metric's direction in the paper: better, worse or within (no change)."""
+        """Each cited metric's direction in the paper: better, worse, or within where the change is none or lies
+        inside the 95% half-width of a difference of its two printed intervals, taken as independent
+        (sqrt(a^2 + b^2))."""
         out = {}
         for metric, (before, after) in sorted(self.numbers.items(), key=lambda kv: PAIRED.index(kv[0])):
             up = METRICS[metric][1]
-            out[metric] = "within" if after == before else "better" if (after > before) == up else "worse"
+            half = math.hypot(*self.plus_minus.get(metric, (0.0, 0.0)))
+            within = abs(after - before) <= half if half else after == before
+            out[metric] = "within" if within else "better" if (after > before) == up else "worse"
         return out
 
 
@@ -191,12 +203,14 @@ def load_suites(path: str | Path = SUITES_FILE) -> dict[str, SuiteSpec]:
         except ValidationError as e:
             problems += error_lines(e, f"suites.{name}.")
     for name, spec in suites.items():
+        bad_joins = []
         for joined in spec.join:
             other = suites.get(joined)
             if other is None or joined == name or other.kind != "metrics" or other.join:
                 why = "no such suite" if other is None else "a metrics suite other than itself that joins none"
-                problems.append(f"  suites.{name}.join: {joined!r}: {why}")
-        if not any(p.startswith(f"  suites.{name}.join") for p in problems):
+                bad_joins.append(f"  suites.{name}.join: {joined!r}: {why}")
+        problems += bad_joins
+        if not bad_joins:  # the paper keys of a joined suite's rows can only be checked once the join is sound
             problems += [f"  suites.{name}.paper.{key}: {why}" for key, why in _unmatched_paper(spec, suites)]
     if problems:
         raise ConfigError("\n".join([f"{path}: invalid suites", *problems]))
@@ -435,11 +449,15 @@ def describe_plan(name: str, plans: Sequence[RunPlan]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- the queue
-def _dvc(args: Sequence[str], root: Path) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+def _command(cmd: Sequence[str], cwd: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+        raise RuntimeError(f"{' '.join(cmd)} failed in {cwd}:\n{done.stdout}{done.stderr}")
     return done
+
+
+def _dvc(args: Sequence[str], root: Path, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return _command(["dvc", *args], root, env)
 
 
 def queue_status(root: Path, names: Iterable[str]) -> dict[str, str]:
@@ -472,6 +490,34 @@ def enqueue(plans: Sequence[RunPlan], root: Path, lacking: Mapping[str, Sequence
         sets = [a for k, v in p.run.overrides.items() for a in ("-S", f"{k}={hydra_value(v)}")]
         with lock.without(lacking[p.run.name]):
             _dvc(["exp", "run", "--queue", "-n", p.run.name, *sets, *p.targets], root)
+
+
+def rerun_restored(root: Path, restored: Mapping[str, Sequence[str]], dvc_yaml: Path, uri: str) -> None:
+    """Run again, forced and each alone, the stages DVC restored from its run cache without running them
+    (experiment name -> stages), so that the MLflow store at ``uri`` sees them run. DVC's queue takes no
+    --no-run-cache, and a forced queued run would retrain everything upstream; so each experiment's commit is
+    checked out in a scratch clone sharing this repository's cache, with the outputs upstream of those stages (the
+    experiment's own; `dvc exp apply` would also want every other stage's, which a targeted run never made), and
+    only the restored stages run, upstream first."""
+    cache = _dvc(["cache", "dir"], root).stdout.strip()
+    head = _command(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="motionpref-rerun-") as tmp:
+        for k, (name, stages) in enumerate(restored.items()):
+            clone = Path(tmp) / str(k)
+            _command(["git", "clone", "-q", "--no-checkout", str(root), str(clone)], Path(tmp))
+            ref = f"refs/exps/{head[:2]}/{head[2:]}/{name}"  # DVC's ref of experiment `name` queued from HEAD
+            _command(["git", "fetch", "-q", "origin", f"{ref}:{ref}"], clone)
+            _command(["git", "checkout", "-q", ref], clone)
+            _dvc(["cache", "dir", "--local", cache], clone)
+            _dvc(["config", "--local", "cache.type", "symlink"], clone)  # read-only inputs: no copies
+            inputs = sorted({u for s in stages for u in upstream(dvc_yaml, s)} - set(stages))
+            if inputs:
+                _dvc(["checkout", "-q", *inputs], clone)
+            # a stage has more stages upstream than any stage upstream of it: a topological order
+            ordered = sorted(stages, key=lambda s: (len(upstream(dvc_yaml, s)), s))
+            print(f"  {name}: {', '.join(ordered)}", flush=True)
+            env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DVC_EXP_NAME": name}
+            _dvc(["repro", "--force", "--single-item", *ordered], clone, env)
 
 
 @dataclass(frozen=True)
@@ -758,10 +804,12 @@ def _paper_cells(paper: Mapping[str, Any], cited: Mapping[str, Any], holds: str)
     baseline -> row), then its words."""
     if not paper:
         return ""
-    cited_numbers = cited.get("numbers", {})
-    numbers = ", ".join(
-        f"{METRICS[m][0]} {cited_numbers[m][0]:.3f} → {cited_numbers[m][1]:.3f}" for m in PAIRED if m in cited_numbers
-    )
+    cited_numbers, pm = cited.get("numbers", {}), cited.get("plus_minus", {})
+
+    def number(m: str, i: int) -> str:
+        return f"{cited_numbers[m][i]:.3f}" + (f" ± {pm[m][i]:.3f}" if m in pm else "")
+
+    numbers = ", ".join(f"{METRICS[m][0]} {number(m, 0)} → {number(m, 1)}" for m in PAIRED if m in cited_numbers)
     words = cited.get("result", "")
     return f" {f'{numbers} ({words})' if numbers and words else numbers or words} | {holds} |"
 
@@ -788,7 +836,8 @@ def _header(table: Mapping[str, Any], how: str, labels: Sequence[str], numbers: 
     if any(c.get("numbers") for c in table["paper"].values()):
         holds += (
             " Numbers are the paper's (docs/papers.md), its baseline → the row; the verdict each implies is the sign "
-            "of its change, the papers printing no interval for a difference."
+            "of its change, or within where the paper prints each number's 95% interval (±) and the change lies "
+            "inside the difference's, sqrt(a² + b²) (the papers print no interval for a difference)."
         )
     out += [how + (holds if paper else "") + " Built from MLflow by `motionpref suite report`.", ""]
     cited = ("paper", "holds") if paper else ()
@@ -1069,18 +1118,29 @@ def main_run(name: str, root: Path, jobs: int, dry_run: bool, fresh: bool) -> in
             file=sys.stderr,
         )
         return 1
-    after = plan(spec, runs, RunIndex.load(experiment, uri), root / "dvc.yaml")
-    missing = sorted({t for p in after for t in p.targets if t in p.to_run})
-    if missing:
+    restored = _unlogged(spec, runs, experiment, uri, root)
+    if restored:
         print(
-            f"DVC finished every run, but MLflow holds no run of {', '.join(missing)}: DVC restored them from its "
-            "run cache (.dvc/cache/runs) without running them, so this MLflow store never saw them run. Make DVC "
-            f"run them: delete .dvc/cache/runs and rerun `motionpref suite run {name}`",
-            file=sys.stderr,
+            "DVC restored stages from its run cache without running them, so MLflow never saw them run; running "
+            "them again, each alone, in a scratch clone sharing this cache:",
+            flush=True,
         )
+        rerun_restored(root, restored, root / "dvc.yaml", uri)
+        restored = _unlogged(spec, runs, experiment, uri, root)
+    if restored:
+        missing = sorted({s for stages in restored.values() for s in stages})
+        print(f"DVC finished every run, but MLflow still holds no run of {', '.join(missing)}", file=sys.stderr)
         return 1
     print(f"suite {name} done: motionpref suite report {name}")
     return 0
+
+
+def _unlogged(spec: SuiteSpec, runs: Sequence[SuiteRun], experiment: str, uri: str, root: Path) -> dict[str, list[str]]:
+    """The runs whose table rows MLflow still lacks after the queue: run name -> the stages the table reads that
+    it lacks (not those upstream, which the table never reads)."""
+    after = plan(spec, runs, RunIndex.load(experiment, uri), root / "dvc.yaml")
+    lacking = {p.run.name: [t for t in p.targets if t in p.to_run] for p in after}
+    return {name: stages for name, stages in lacking.items() if stages}
 
 
 def _spec(name: str, root: Path, suites: Mapping[str, SuiteSpec] | None = None) -> SuiteSpec:

@@ -561,9 +561,9 @@ def test_stages_dvc_restored_from_its_run_cache_run_again_alone_in_a_scratch_clo
     assert queue_status(root, ["first", "second"]) == {"first": "Success", "second": "Success"}
     assert ran.read_text().splitlines()[2:] == ["a 2 first ", "b 2 first "]  # the second ran nothing
 
-    rerun_restored(root, {"second": ["b", "a"]}, root / "dvc.yaml", "sqlite:///elsewhere.db")
-    # upstream first, each reading the experiment's own input (p 2, not the workspace's 1), under its name
     store = "sqlite:///elsewhere.db"
+    rerun_restored(root, {"second": ["b", "a"]}, root / "dvc.yaml", store)
+    # upstream first, each reading the experiment's own input (p 2, not the workspace's 1), under its name
     assert ran.read_text().splitlines()[4:] == [f"a 2 second {store}", f"b 2 second {store}"]
     assert (root / "params.yaml").read_text() == "p: 1\n" and sh("git", "status", "--porcelain") == ""
 

@@ -5,7 +5,7 @@ import json
 import mlflow
 import pytest
 
-from motionpref.tracking import flatten, project_root, stage_run, tracking_uri
+from motionpref.tracking import StageRun, flatten, project_root, stage_run, tracking_uri
 
 
 @pytest.fixture()
@@ -55,6 +55,42 @@ def test_failed_stage_marks_the_run_failed(store):
     got = mlflow.tracking.MlflowClient(tracking_uri=store).get_run(run_id)
     assert got.info.status == "FAILED"
     assert got.data.tags["motionpref.status"] == "failed"
+
+
+def test_curve_points_are_batched_yet_all_kept_in_order_even_when_the_stage_fails(store, monkeypatch):
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    monkeypatch.setattr(StageRun, "FLUSH_POINTS", 7)
+    monkeypatch.setattr(StageRun, "FLUSH_SECONDS", 1e9)  # only the count flushes here, however slow the machine
+    with pytest.raises(RuntimeError), stage_run("train_policy", "exp-batch", {"seed": 0}) as run:
+        for step in range(1, 18):  # two full batches and three points left when the stage fails
+            run.log_metric("loss", 1.0 / step, step=step)
+        assert len(client.get_metric_history(run.run_id, "loss")) == 14
+        run_id = run.run_id
+        raise RuntimeError("boom")
+    history = client.get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 18))
+    assert [m.value for m in history] == [1.0 / step for step in range(1, 18)]
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_buffered_points_go_out_after_flush_seconds_and_before_a_summary(store, monkeypatch):
+    client = mlflow.tracking.MlflowClient(tracking_uri=store)
+    monkeypatch.setattr(StageRun, "FLUSH_SECONDS", 1e9)
+    with stage_run("train_vqvae", "exp-live", {"seed": 0}) as run:
+        run.log_metric("lr", 0.1, step=1)
+        assert client.get_metric_history(run.run_id, "lr") == []  # buffered
+        run.log_metrics({"val_loss": 2.0})
+        assert [m.value for m in client.get_metric_history(run.run_id, "lr")] == [0.1]
+        monkeypatch.setattr(StageRun, "FLUSH_SECONDS", 0.0)  # a UI following a long run sees each point
+        run.log_metric("lr", 0.2, step=2)
+        assert [m.step for m in client.get_metric_history(run.run_id, "lr")] == [1, 2]
+
+
+def test_a_process_that_logs_nothing_buffers_nothing():
+    off = StageRun.off()
+    for step in range(3 * StageRun.FLUSH_POINTS):
+        off.log_metric("loss", 1.0, step=step)
+    assert off._points == []
 
 
 def test_default_uri_is_sqlite_in_the_project_root(tmp_path, monkeypatch):

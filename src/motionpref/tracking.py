@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,19 +75,42 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class StageRun:
     """The MLflow run of one stage execution; thin so stages and library callbacks stay MLflow-agnostic.
 
+    ``log_metric`` (a training curve's point, often every step) is buffered and written in batches: one SQLite
+    write per point cost ~17 ms, 24 s of train_policy's 690. The buffer goes out when it holds ``FLUSH_POINTS``
+    points, ``FLUSH_SECONDS`` after the last write (so the MLflow UI follows a long run), before any other call
+    and when the run ends, failed or not.
+
     ``StageRun.off()`` is the run of a launched process other than the main one, which logs nothing."""
+
+    FLUSH_POINTS = 1000  # MLflow's most metrics in one log_batch
+    FLUSH_SECONDS = 10.0
 
     def __init__(self, mlflow_module: Any, run: Any) -> None:
         self._mlflow = mlflow_module
         self.run = run
         self.run_id: str = run.info.run_id if run is not None else ""
+        self._points: list[Any] = []
+        self._flushed = time.monotonic()
 
     @classmethod
     def off(cls) -> StageRun:
         return cls(_Off(), None)
 
     def log_metric(self, name: str, value: float, step: int | None = None) -> None:
-        self._mlflow.log_metric(name, float(value), step=step)
+        if self.run is None:
+            return
+        from mlflow.entities import Metric
+
+        self._points.append(Metric(name, float(value), int(time.time() * 1000), step or 0))
+        if len(self._points) >= self.FLUSH_POINTS or time.monotonic() - self._flushed >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered curve points (in the order they were logged)."""
+        if self._points and self.run is not None:
+            self._mlflow.tracking.MlflowClient().log_batch(self.run_id, metrics=self._points)
+        self._points = []
+        self._flushed = time.monotonic()
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
         numeric = {
@@ -94,10 +118,12 @@ class StageRun:
             for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+        self.flush()
         if numeric:
             self._mlflow.log_metrics(numeric, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.flush()
         path = Path(path)
         if path.is_dir():
             self._mlflow.log_artifacts(str(path), artifact_path=artifact_path)
@@ -105,9 +131,11 @@ class StageRun:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def log_dict(self, data: Any, name: str) -> None:
+        self.flush()
         self._mlflow.log_dict(data, name)
 
     def set_tag(self, key: str, value: Any) -> None:
+        self.flush()
         self._mlflow.set_tag(key, str(value))
 
 
@@ -163,3 +191,5 @@ def stage_run(
         except BaseException:
             mlflow.set_tag("motionpref.status", "failed")
             raise
+        finally:
+            tracker.flush()

@@ -85,8 +85,8 @@ smoke() (
   else
     echo "no launch.mixed_precision in params.yaml: the smoke run stays in fp32"
   fi
-  echo "dvc exp run ${set_args[*]}"
-  dvc exp run "${set_args[@]}" || exit 1
+  echo "dvc exp run ${set_args[*]} dvc.yaml replicates/dvc.yaml"
+  dvc exp run "${set_args[@]}" dvc.yaml replicates/dvc.yaml || exit 1
   python scripts/check_smoke_metrics.py --run .
 )
 

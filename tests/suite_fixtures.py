@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_project(root: Path) -> Path:
-    """A project folder holding the real dvc.yaml and params.yaml (a suites.yaml is the test's own)."""
-    for name in ("dvc.yaml", "params.yaml"):
+    """A project folder holding the real dvc.yaml, replicates/dvc.yaml and params.yaml (a suites.yaml is the test's
+    own)."""
+    (root / "replicates").mkdir(exist_ok=True)
+    for name in ("dvc.yaml", "replicates/dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, root / name)
     return root
 

@@ -13,7 +13,7 @@ import yaml
 
 from motionpref.models.diffusion import is_diffusion_policy
 from motionpref.models.policy import MotionPolicy
-from motionpref.pipeline import STAGES, run_stage
+from motionpref.pipeline import REPLICATES, STAGES, run_stage
 from tests.conftest import CMU_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +27,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["data"]["cmu_dir"] = str(CMU_DIR)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())  # the project root, and each stage's params
+    (root / "replicates").mkdir()
+    (root / REPLICATES).write_text((ROOT / REPLICATES).read_text())  # the seed replicates' stages
     return root
 
 
@@ -37,7 +39,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     uri = f"sqlite:///{project / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     algorithms = ["dpo", "rlhf", "sopo"]
-    replicates = [f"{algo}_s{k}" for algo in algorithms for k in (1, 2)]  # the report's seed replicates
+    replicates = [f"{algo}_s{k}" for algo in algorithms for k in (1, 2)]  # report_seeds' seed replicates
     diffusion_winrates = ["mdm_sopo", "mdm_modipo", "mdm_dpo", "mld_sopo", "mld_modipo"]
     diffusion = [*diffusion_winrates, "mdm_sopo_s1", "mdm_sopo_s2", "mld_sopo_s1", "mld_sopo_s2", "mdm_modipo_online"]
     plan: list[tuple[str, str | None]] = [
@@ -57,6 +59,7 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
         *[(stage, name) for stage in ("finetune", "evaluate") for name in diffusion],
         *[("winrate", name) for name in diffusion_winrates],
         ("report", None),
+        ("report_seeds", None),
     ]
     assert {name for name, _ in plan} == set(STAGES)
     metrics = {}
@@ -100,8 +103,13 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     assert metrics["finetune@dpo"]["train_pairs"] == (prefs["split"] == "train").sum()
     comparison = json.loads((project / "reports" / "comparison.json").read_text())
     assert set(comparison["vs_baseline"]) == set(algorithms)
+    # the default report: seed 0 alone; report_seeds' the same tables with the gains across the seeds
+    assert comparison["seed_gains"] == {} and all(t["seed_gains"] == {} for t in comparison["tables"])
+    assert "reports/comparison_seeds.md" in (project / "reports" / "comparison.md").read_text()
+    across = json.loads((project / "reports" / "comparison_seeds.json").read_text())
+    assert across["vs_baseline"] == comparison["vs_baseline"] and across["winrates"] == comparison["winrates"]
     for algo in algorithms:  # three seeds each, and the seeds differ
-        per_seed = comparison["seed_gains"][algo]["r_precision_top1"]["per_seed"]
+        per_seed = across["seed_gains"][algo]["r_precision_top1"]["per_seed"]
         assert len(per_seed) == 3
         seeds = {
             json.loads((project / "reports" / "finetune" / f"{n}.json").read_text())["seed"]
@@ -129,8 +137,9 @@ def test_smoke_pipeline_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatc
     mdm_table, mld_table = comparison["tables"]
     assert mdm_table["baseline"] == "mdm" and mld_table["baseline"] == "mld"
     assert set(mdm_table["vs_baseline"]) == {"mdm_sopo", "mdm_modipo", "mdm_modipo_online", "mdm_dpo"}
-    assert len(mdm_table["seed_gains"]["mdm_sopo"]["r_precision_top1"]["per_seed"]) == 3
-    assert len(mld_table["seed_gains"]["mld_sopo"]["r_precision_top1"]["per_seed"]) == 3
+    mdm_seeds, mld_seeds = across["tables"]
+    assert len(mdm_seeds["seed_gains"]["mdm_sopo"]["r_precision_top1"]["per_seed"]) == 3
+    assert len(mld_seeds["seed_gains"]["mld_sopo"]["r_precision_top1"]["per_seed"]) == 3
     assert set(mld_table["preference_time"]) == {"mld_sopo", "mld_modipo"}
     assert [w["temperature"] for w in mdm_table["winrates"]] == [1.0, 1.0, 1.0]  # one cell each: no temperature
     assert "# MDM-style diffusion policy" in (project / "reports" / "comparison.md").read_text()

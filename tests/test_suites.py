@@ -502,7 +502,7 @@ def test_a_queued_run_runs_the_stages_mlflow_lacks_though_the_committed_lock_mat
     lock = (root / "dvc.lock").read_bytes()
 
     sh(dvc, "exp", "run", "--queue", "-n", "as_committed", "a")
-    with Lock.read(root).without(["a", "not_a_stage"]):
+    with Lock.read(root / "dvc.lock").without(["a", "not_a_stage"]):
         assert yaml.safe_load((root / "dvc.lock").read_text())["stages"] == {}
         sh(dvc, "exp", "run", "--queue", "-n", "forgetting_a", "a")
     assert (root / "dvc.lock").read_bytes() == lock  # the workspace's lock is put back as it was

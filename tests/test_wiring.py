@@ -4,7 +4,8 @@
 - a stage's deps cover the code it runs: its module and every motionpref module that module imports, transitively;
 - a stage's params cover what its code reads: ``run_stage`` refuses an undeclared key at run time (the smoke
   pipeline in test_pipeline.py runs every stage through it), tested here on a planted drift;
-- our resolution of dvc.yaml's params equals DVC's own.
+- our resolution of dvc.yaml's params equals DVC's own;
+- the seed replicates are replicates/dvc.yaml's, outside the default `dvc repro`, with the root's templates.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from motionpref.config import parse_params
+from motionpref.config import ConfigError, parse_params
 from motionpref.pipeline import (
     ITEM_STAGES,
+    REPLICATES,
     STAGES,
     DeclaredParams,
     UndeclaredParamError,
     declared_params,
+    dvc_target,
     lineage_params,
     upstream,
 )
@@ -45,10 +48,13 @@ NOT_DEPS = {
 
 
 def dvc_stages() -> dict:
+    """Every stage of the repository's pipeline files by its name within its file (unique across the files)."""
     from dvc.repo import Repo
 
     with Repo(str(ROOT)) as repo:
-        return {stage.addressing: stage for stage in repo.index.stages}
+        stages = {stage.name: stage for stage in repo.index.stages}
+        assert len(stages) == len(repo.index.stages)
+        return stages
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +145,7 @@ def test_our_upstream_stages_are_dvcs_dag(resolved: dict) -> None:
 
     with Repo(str(ROOT)) as repo:
         graph = repo.index.graph  # an edge runs from a stage to each stage whose outputs it reads
-        theirs = {s.addressing: {d.addressing for d in nx.descendants(graph, s)} for s in repo.index.stages}
+        theirs = {s.name: {d.name for d in nx.descendants(graph, s)} for s in repo.index.stages}
     assert set(theirs) == set(resolved)
     for address, expected in theirs.items():
         assert set(upstream(DVC_YAML, address)) == expected, address
@@ -235,17 +241,67 @@ def test_a_planted_drift_in_dvc_yaml_fails_the_stage(tmp_path: Path, monkeypatch
         pipeline._dvc_stages.cache_clear()
 
 
-def test_every_seed_replicate_the_report_reads_is_trained_evaluated_and_a_dep(resolved: dict) -> None:
+def test_every_seed_replicate_report_seeds_reads_is_trained_evaluated_and_a_dep(resolved: dict) -> None:
     from motionpref.pipeline import artifacts
 
     report = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8")), "params.yaml").report
-    assert report.seeds >= 3 and report.replicated  # the headline gains rest on three seeds or more
+    assert report.seeds >= 3 and report.replicated  # the gains across seeds rest on three seeds or more
     for model in report.replicated:
         for k in range(report.seeds):
             name = artifacts.replicate(model, k)
             assert f"finetune@{name}" in resolved and f"evaluate@{name}" in resolved
             assert artifacts.policy(name) in [o.def_path for o in resolved[f"finetune@{name}"].outs]
-            assert artifacts.model_metrics(name) in [d.def_path for d in resolved["report"].deps]
+            assert artifacts.model_metrics(name) in [d.def_path for d in resolved["report_seeds"].deps]
+
+
+def test_the_default_dvc_repro_leaves_every_replicate_out_and_dvc_targets_name_the_file(resolved: dict) -> None:
+    """`dvc repro` without targets runs the root dvc.yaml: no replicate is there, nor read by its report."""
+    import re
+
+    from motionpref.pipeline import artifacts
+
+    root = yaml.safe_load(DVC_YAML.read_text(encoding="utf-8"))["stages"]
+    replicates = yaml.safe_load((ROOT / REPLICATES).read_text(encoding="utf-8"))["stages"]
+    replicate = re.compile(r"_s\d+$")
+    for group in ("finetune", "evaluate"):
+        assert not [item for item in root[group]["foreach"] if replicate.search(item)], group
+        assert all(replicate.search(item) for item in replicates[group]["foreach"]), group
+    assert not [d.def_path for d in resolved["report"].deps if replicate.search(Path(d.def_path).stem)]
+    assert artifacts.model_metrics("dpo_s1") in [d.def_path for d in resolved["report_seeds"].deps]
+    for name, stage in resolved.items():
+        assert dvc_target(DVC_YAML, name) == stage.addressing
+    assert dvc_target(DVC_YAML, "finetune@dpo_s1") == "replicates/dvc.yaml:finetune@dpo_s1"
+
+
+def _pipeline_pair(tmp_path: Path, root: dict, replicates: dict) -> Path:
+    (tmp_path / "replicates").mkdir(parents=True)
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": root}))
+    (tmp_path / "replicates" / "dvc.yaml").write_text(yaml.safe_dump({"stages": replicates}))
+    return tmp_path / "dvc.yaml"
+
+
+def test_the_replicates_file_must_share_the_roots_template(tmp_path: Path) -> None:
+    from motionpref import pipeline
+
+    do = {"cmd": "python -m motionpref.pipeline.finetune ${key}", "deps": ["a", "data/${item.x}"], "outs": ["m/${key}"]}
+    good = {"finetune": {"foreach": {"b_s1": {"x": "y"}}, "do": {"wdir": "..", **do}}}
+    root = {"finetune": {"foreach": {"b": {"x": "y"}}, "do": do}}
+    dvc_yaml = _pipeline_pair(tmp_path, root, good)
+    assert pipeline.stage_addresses(dvc_yaml) == ["finetune@b", "finetune@b_s1"]
+    assert pipeline._resolved_stage(dvc_yaml, "finetune", "b_s1")["deps"] == ("a", "data/y")
+    assert dvc_target(dvc_yaml, "finetune@b_s1") == "replicates/dvc.yaml:finetune@b_s1"
+    with pytest.raises(ConfigError, match="no stage finetune@c"):
+        dvc_target(dvc_yaml, "finetune@c")
+    bad = [
+        ({"finetune": {"foreach": {"b_s1": {}}, "do": {**do, "wdir": "..", "deps": ["a"]}}}, "do differs"),
+        ({"finetune": {"foreach": {"b_s1": {}}, "do": do}}, "needs wdir: .."),
+        ({"finetune": {"foreach": {"b": {}}, "do": {"wdir": "..", **do}}}, "items b are also in"),
+        ({"finetune": {"wdir": "..", "cmd": "x"}}, "only foreach items may be split"),
+    ]
+    for k, (replicates, error) in enumerate(bad):
+        dvc_yaml = _pipeline_pair(tmp_path / str(k), root, replicates)
+        with pytest.raises(ConfigError, match=error):
+            pipeline.stage_addresses(dvc_yaml)
 
 
 @pytest.mark.parametrize(

@@ -941,8 +941,8 @@ class ReportConfig(Section):
     baseline: str = "sft"  # the model every other one is compared with, replication by replication
     models: list[str] = ["gt", "sft", "dpo", "rlhf", "sopo"]  # reports/metrics/<model>.json
     winrate_models: list[str] = ["dpo", "rlhf", "sopo"]  # reports/winrate/<model>.json
-    # finetuned models trained with several seeds (finetune@<model>_s<k>, k < seeds, listed in dvc.yaml): their
-    # gains across seeds are the report's headline; seeds 1 reports seed 0 alone
+    # finetuned models trained with several seeds (finetune@<model>_s<k>, k < seeds, in replicates/dvc.yaml): their
+    # gains across seeds are report_seeds' (reports/comparison_seeds.md); report (the default) reads seed 0 alone
     replicated: list[str] = ["dpo", "rlhf", "sopo"]
     seeds: int = Field(3, ge=1)
     tables: list[ReportTable] = DIFFUSION_TABLES

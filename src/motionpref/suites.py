@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,7 +42,15 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from motionpref.config import ConfigError, Params, Section, error_lines, parse_params
-from motionpref.pipeline import OUTPUTS_ARTIFACT, artifacts, lineage_hash, stage_addresses, upstream
+from motionpref.pipeline import (
+    OUTPUTS_ARTIFACT,
+    REPLICATES,
+    artifacts,
+    dvc_target,
+    lineage_hash,
+    stage_addresses,
+    upstream,
+)
 from motionpref.report.compare import (
     METRICS,
     PAIRED,
@@ -485,11 +493,14 @@ def enqueue(plans: Sequence[RunPlan], root: Path, lacking: Mapping[str, Sequence
     again = [p.run.name for p in pending if p.run.name in existing]
     if again:
         _dvc(["exp", "remove", *again], root)
-    lock = Lock.read(root)
+    locks = [Lock.read(path) for path in (root / "dvc.lock", root / REPLICATES.with_suffix(".lock"))]
     for p in pending:
         sets = [a for k, v in p.run.overrides.items() for a in ("-S", f"{k}={hydra_value(v)}")]
-        with lock.without(lacking[p.run.name]):
-            _dvc(["exp", "run", "--queue", "-n", p.run.name, *sets, *p.targets], root)
+        targets = [dvc_target(root / "dvc.yaml", t) for t in p.targets]
+        with ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock.without(lacking[p.run.name]))
+            _dvc(["exp", "run", "--queue", "-n", p.run.name, *sets, *targets], root)
 
 
 def rerun_restored(root: Path, restored: Mapping[str, Sequence[str]], dvc_yaml: Path, uri: str) -> None:
@@ -512,25 +523,25 @@ def rerun_restored(root: Path, restored: Mapping[str, Sequence[str]], dvc_yaml: 
             _dvc(["config", "--local", "cache.type", "symlink"], clone)  # read-only inputs: no copies
             inputs = sorted({u for s in stages for u in upstream(dvc_yaml, s)} - set(stages))
             if inputs:
-                _dvc(["checkout", "-q", *inputs], clone)
+                _dvc(["checkout", "-q", *(dvc_target(dvc_yaml, s) for s in inputs)], clone)
             # a stage has more stages upstream than any stage upstream of it: a topological order
             ordered = sorted(stages, key=lambda s: (len(upstream(dvc_yaml, s)), s))
             print(f"  {name}: {', '.join(ordered)}", flush=True)
             env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DVC_EXP_NAME": name}
-            _dvc(["repro", "--force", "--single-item", *ordered], clone, env)
+            _dvc(["repro", "--force", "--single-item", *(dvc_target(dvc_yaml, s) for s in ordered)], clone, env)
 
 
 @dataclass(frozen=True)
 class Lock:
-    """The workspace's ``dvc.lock`` as read once: its bytes, to put back exactly, and its parsed stage entries."""
+    """A ``dvc.lock`` of the workspace (the root's or the replicates') as read once: its bytes, to put back exactly,
+    and its parsed stage entries."""
 
     path: Path
     original: bytes | None
     data: Any
 
     @classmethod
-    def read(cls, root: Path) -> Lock:
-        path = root / "dvc.lock"
+    def read(cls, path: Path) -> Lock:
         original = path.read_bytes() if path.exists() else None
         return cls(path, original, yaml.safe_load(original) if original else None)
 

@@ -99,13 +99,63 @@ class StageContext:
 _INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
 
 
+# the seed replicates' pipeline file, beside dvc.yaml: `dvc repro` without targets runs the root dvc.yaml alone
+REPLICATES = Path("replicates", "dvc.yaml")
+
+
+def _read_stages(path: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")).get("stages") or {}
+    except (OSError, AttributeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the stages: {e}") from None
+
+
+@cache
+def _dvc_files(dvc_yaml: Path) -> dict[Path, dict[str, Any]]:
+    """The stages of ``dvc.yaml`` and, where it exists, of its ``replicates/dvc.yaml``, file by file."""
+    files = {dvc_yaml: _read_stages(dvc_yaml)}
+    if (dvc_yaml.parent / REPLICATES).is_file():
+        files[dvc_yaml.parent / REPLICATES] = _read_stages(dvc_yaml.parent / REPLICATES)
+    return files
+
+
+def _template(stage: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in stage.items() if k != "wdir"}
+
+
 @cache
 def _dvc_stages(dvc_yaml: Path) -> dict[str, Any]:
-    try:
-        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")).get("stages") or {}
-    except (OSError, AttributeError, yaml.YAMLError) as e:
-        raise ConfigError(f"{dvc_yaml}: cannot read the stages: {e}") from None
-    return stages
+    """Every stage of ``dvc.yaml`` and ``replicates/dvc.yaml`` as one pipeline (DVC's DAG spans both files): a
+    foreach stage in both is one stage with both files' items, which must share its template (``do``, but for the
+    replicates' ``wdir: ..``), so that a replicate runs exactly as its seed-0 item does."""
+    merged: dict[str, Any] = {}
+    for path, stages in _dvc_files(dvc_yaml).items():
+        for name, stage in stages.items():
+            if path != dvc_yaml and (stage.get("do") or stage).get("wdir") != "..":
+                raise ConfigError(f"{path}: stage {name!r} needs wdir: .. (its paths are the root's)")
+            first = merged.setdefault(name, stage)
+            if first is stage:
+                continue
+            if "foreach" not in first or "foreach" not in stage:
+                raise ConfigError(f"{path}: stage {name!r} is also in {dvc_yaml}; only foreach items may be split")
+            if _template(first["do"]) != _template(stage["do"]):
+                raise ConfigError(f"{path}: {name}'s do differs from {dvc_yaml}'s (wdir aside); make them the same")
+            both = sorted(set(first["foreach"]) & set(stage["foreach"]))
+            if both:
+                raise ConfigError(f"{path}: {name} items {', '.join(both)} are also in {dvc_yaml}")
+            merged[name] = {**first, "foreach": {**first["foreach"], **stage["foreach"]}}
+    return merged
+
+
+def dvc_target(dvc_yaml: Path, address: str) -> str:
+    """``address`` as DVC's commands take it: qualified by its file outside the root one
+    (``replicates/dvc.yaml:finetune@dpo_s1``)."""
+    name, item = _split(address)
+    for path, stages in _dvc_files(dvc_yaml).items():
+        stage = stages.get(name)
+        if stage is not None and (item in stage["foreach"] if "foreach" in stage else item is None):
+            return address if path == dvc_yaml else f"{path.relative_to(dvc_yaml.parent).as_posix()}:{address}"
+    raise ConfigError(f"{dvc_yaml}: no stage {address} in it or in {REPLICATES}")
 
 
 @cache
@@ -165,7 +215,8 @@ def declared_params(dvc_yaml: Path, name: str, item: str | None = None) -> list[
 
 
 def stage_addresses(dvc_yaml: Path) -> list[str]:
-    """Every stage of ``dvc.yaml`` as DVC addresses it (``evaluate@sft`` for each item of a foreach stage)."""
+    """Every stage of ``dvc.yaml`` and ``replicates/dvc.yaml`` as DVC addresses it within its file (``evaluate@sft``
+    for each item of a foreach stage; ``dvc_target`` qualifies it for DVC's commands)."""
     out = []
     for name, stage in _dvc_stages(dvc_yaml).items():
         if "foreach" in stage:

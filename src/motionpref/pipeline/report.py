@@ -1,31 +1,35 @@
 """Stage report: every evaluated model side by side, each finetuned model against the model it started from
-(paired, replication by replication, and across its seed replicates) and the win rates, into
-reports/comparison.{json,md}: the token policies against ``report.baseline``, then each of ``report.tables``
-(the diffusion policies) against its own baseline, with the preference-generation time of each finetuned
-model that generates its own pairs (``preference_seconds`` of reports/finetune/<model>.json, the SoPo paper's
-Table 1 "Time").
+(paired, replication by replication) and the win rates, into reports/comparison.{json,md}: the token policies
+against ``report.baseline``, then each of ``report.tables`` (the diffusion policies) against its own baseline,
+with the preference-generation time of each finetuned model that generates its own pairs (``preference_seconds``
+of reports/finetune/<model>.json, the SoPo paper's Table 1 "Time"). Seed 0 alone: the gains across seed
+replicates are report_seeds' (replicates/dvc.yaml).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from motionpref.config import Params
+from motionpref.config import Params, ReportConfig
 from motionpref.pipeline import StageContext, artifacts
 
 
 def run(params: Params, ctx: StageContext) -> dict[str, Any]:
+    return write_comparison(params.report, ctx, seeds=1, stem="comparison")
+
+
+def write_comparison(cfg: ReportConfig, ctx: StageContext, seeds: int, stem: str) -> dict[str, Any]:
+    """The comparison with each replicated model's first ``seeds`` seed replicates (1: seed 0 alone), into
+    reports/<stem>.{json,md}; returns its headline differences as MLflow metrics."""
     from motionpref.io import write_json, write_text
     from motionpref.report.compare import compare_models, markdown, read_report, winrate_rows
-
-    cfg = params.report
 
     def table(baseline: str, models: list[str], replicated: list[str], winrate_models: list[str]) -> dict[str, Any]:
         paths = {m: ctx.path(artifacts.model_metrics(m)) for m in models}
         replicates = {
-            m: [read_report(ctx.path(artifacts.model_metrics(artifacts.replicate(m, k)))) for k in range(cfg.seeds)]
+            m: [read_report(ctx.path(artifacts.model_metrics(artifacts.replicate(m, k)))) for k in range(seeds)]
             for m in replicated
-            if cfg.seeds > 1
+            if seeds > 1
         }
         comparison = compare_models(
             {m: read_report(p) for m, p in paths.items()}, baseline, {m: str(p) for m, p in paths.items()}, replicates
@@ -48,11 +52,16 @@ def run(params: Params, ctx: StageContext) -> dict[str, Any]:
             if "preference_seconds" in report
         }
         tables.append(extra)
-    write_json(ctx.path(artifacts.REPORTS, "comparison.json"), {**main_table, "tables": tables})
-    md = ctx.path(artifacts.REPORTS, "comparison.md")
+    write_json(ctx.path(artifacts.REPORTS, f"{stem}.json"), {**main_table, "tables": tables})
+    md = ctx.path(artifacts.REPORTS, f"{stem}.md")
     text = markdown(main_table, main_table["winrates"])
     for extra in tables:
         text += "\n" + markdown(extra, extra["winrates"], extra["title"], extra["preference_time"])
+    if seeds == 1:
+        text += (
+            "\nEach finetuned model's seed 0 alone. Its gains across seed replicates are in "
+            "`reports/comparison_seeds.md` (`dvc repro replicates/dvc.yaml`).\n"
+        )
     write_text(md, text)
     ctx.run.log_artifact(md)
     return {

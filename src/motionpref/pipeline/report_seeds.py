@@ -1,4 +1,4 @@
-"""Stage report_seeds: reports/comparison.md's tables again, each replicated model (``report.replicated`` and
+"""Stage report_seeds: the tables of reports/comparison.md again, each replicated model (``report.replicated`` and
 each table's) also against its baseline across its ``report.seeds`` seed replicates (``finetune@<model>_s<k>``):
 one mean paired difference per seed and their Student t interval, into reports/comparison_seeds.{json,md}. Its
 stage is in replicates/dvc.yaml with the replicates it reads, outside the default `dvc repro`.

@@ -1,15 +1,18 @@
-"""Time the README's main command from a fresh clone: `bash scripts/setup.sh`, then `dvc repro`, stage by stage.
+"""Time the README's main command from a fresh clone: `bash scripts/setup.sh`, then `dvc repro`, stage by stage;
+then the seed replicates' `dvc repro replicates/dvc.yaml`, which the default leaves out.
 
-    python bench/pipeline_time.py [--rev HEAD] [--workdir DIR] [--summarise-only]
+    python bench/pipeline_time.py [--rev HEAD] [--workdir DIR] [--summarise-only | --replicates-only]
 
 Clones this repository at ``--rev`` into ``DIR/repo`` (a fresh clone: no DVC cache, no MLflow store), runs the
-setup and ``dvc repro`` there, stamping each line DVC prints (``DIR/repro.log``), and writes
-``reports/bench/pipeline_time.json``: the commit, the CPU, setup and repro seconds, each stage's seconds from its
-start to the next one's (process start, imports and DVC's hashing included), the stages DVC skipped, and every
-committed file the run changed with the keys that differ inside it. On the CPU type that made ``dvc.lock`` every
+setup and ``dvc repro`` there, then ``dvc repro replicates/dvc.yaml``, stamping each line DVC prints
+(``DIR/repro.log``, ``DIR/replicates.log``), and writes ``reports/bench/pipeline_time.json``: the commit, the CPU,
+setup, repro and replicates seconds, each stage's seconds from its start to the next one's (process start, imports
+and DVC's hashing included), the stages DVC skipped, and every committed file the two runs changed with the keys
+that differ inside it. On the CPU type that made ``dvc.lock`` every
 output reproduces bit for bit, so DVC skips each stage whose outputs are all committed files (the evaluations and
 win rates) and the files that differ hold timings only; on another CPU type every stage runs.
-``--summarise-only`` writes the JSON from an earlier run's ``DIR``.
+``--summarise-only`` writes the JSON from an earlier run's ``DIR``; ``--replicates-only`` runs the replicates in
+an earlier run's ``DIR`` (one made before this script ran them) and writes it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from motionpref.io import write_json
+from motionpref.pipeline import REPLICATES
 from motionpref.tracking import cpu_type, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +41,23 @@ SKIPPED = re.compile(r"^\d\d:\d\d:\d\d Stage '([^']+)' didn't change, skipping")
 LINE = re.compile(r"^(\d\d:\d\d:\d\d) ")
 
 
+def _env(repo: Path) -> dict[str, str]:
+    venv = repo / ".venv" / "bin"
+    return {**os.environ, "PATH": f"{venv}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv.parent)}
+
+
+def _stamped(cmd: list[str], repo: Path, log_path: Path) -> int:
+    """Run ``cmd`` in ``repo``'s environment, each line it prints stamped into ``log_path``; its exit status."""
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, cwd=repo, env=_env(repo), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with proc, log:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # DVC stamps nothing itself: the stage times come from these stamps
+            log.write(f"{dt.datetime.now().strftime(STAMP)} {line}")
+            log.flush()
+    return proc.returncode
+
+
 def run(rev: str, workdir: Path) -> None:
     repo = workdir / "repo"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
@@ -44,22 +65,22 @@ def run(rev: str, workdir: Path) -> None:
     times = {"start": time.time()}
     subprocess.run(["bash", "scripts/setup.sh"], cwd=repo, check=True)
     times["setup_done"] = time.time()
-    venv = repo / ".venv" / "bin"
-    env = {**os.environ, "PATH": f"{venv}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv.parent)}
-    with (
-        subprocess.Popen(
-            ["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        ) as proc,
-        (workdir / "repro.log").open("w") as log,
-    ):
-        assert proc.stdout is not None
-        for line in proc.stdout:  # DVC stamps nothing itself: the stage times come from these stamps
-            log.write(f"{dt.datetime.now().strftime(STAMP)} {line}")
-            log.flush()
+    returncode = _stamped(["dvc", "repro"], repo, workdir / "repro.log")
     times["repro_done"] = time.time()
-    (workdir / "times.json").write_text(json.dumps({**times, "returncode": proc.returncode}))
-    if proc.returncode:
-        raise SystemExit(f"dvc repro failed ({proc.returncode}): see {workdir / 'repro.log'}")
+    (workdir / "times.json").write_text(json.dumps({**times, "returncode": returncode}))
+    if returncode:
+        raise SystemExit(f"dvc repro failed ({returncode}): see {workdir / 'repro.log'}")
+    run_replicates(workdir)
+
+
+def run_replicates(workdir: Path) -> None:
+    times = json.loads((workdir / "times.json").read_text())
+    start = time.time()
+    returncode = _stamped(["dvc", "repro", str(REPLICATES)], workdir / "repo", workdir / "replicates.log")
+    times.update(replicates_start=start, replicates_done=time.time(), replicates_returncode=returncode)
+    (workdir / "times.json").write_text(json.dumps(times))
+    if returncode:
+        raise SystemExit(f"dvc repro {REPLICATES} failed ({returncode}): see {workdir / 'replicates.log'}")
 
 
 def stage_times(lines: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -115,6 +136,15 @@ def summarise(workdir: Path) -> dict[str, Any]:
     repo = workdir / "repo"
     times = json.loads((workdir / "times.json").read_text())
     rows, skipped = stage_times((workdir / "repro.log").read_text().splitlines())
+    replicates = {}
+    if "replicates_done" in times:
+        replicate_rows, replicates_skipped = stage_times((workdir / "replicates.log").read_text().splitlines())
+        replicates = {
+            "replicates_seconds": round(times["replicates_done"] - times["replicates_start"], 1),
+            "replicates_returncode": times["replicates_returncode"],
+            "replicates_stages_skipped": replicates_skipped,
+            "replicates_stages": replicate_rows,
+        }
     return {
         "commit": git_commit(repo),
         "cpu": cpu_type(),
@@ -125,6 +155,7 @@ def summarise(workdir: Path) -> dict[str, Any]:
         "stages_run": len(rows),
         "stages_skipped": skipped,
         "stages": rows,
+        **replicates,
         "changed_files": changed_files(repo),
     }
 
@@ -133,10 +164,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rev", default="HEAD")
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--summarise-only", action="store_true")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--summarise-only", action="store_true")
+    only.add_argument("--replicates-only", action="store_true")
     args = parser.parse_args()
+    if (args.summarise_only or args.replicates_only) and args.workdir is None:
+        parser.error("--summarise-only and --replicates-only need the --workdir of an earlier run")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pipeline_time_"))
-    if not args.summarise_only:
+    if args.replicates_only:
+        run_replicates(workdir)
+    elif not args.summarise_only:
         workdir.mkdir(parents=True, exist_ok=True)
         run(args.rev, workdir)
     result = summarise(workdir)
@@ -144,6 +181,7 @@ def main() -> None:
     print(
         f"{OUT}: setup {result['setup_seconds']:.0f} s, dvc repro {result['repro_seconds'] / 60:.1f} min, "
         f"{result['stages_run']} stages run, {len(result['stages_skipped'])} skipped"
+        + (f"; replicates {result['replicates_seconds'] / 60:.1f} min" if "replicates_seconds" in result else "")
     )
 
 

@@ -1,16 +1,17 @@
 """Time the README's main command from a fresh clone: `bash scripts/setup.sh`, then `dvc repro`, stage by stage;
 then the seed replicates' `dvc repro replicates/dvc.yaml`, which the default leaves out.
 
-    python bench/pipeline_time.py [--rev HEAD] [--workdir DIR] [--summarise-only | --replicates-only]
+    python bench/pipeline_time.py [--rev HEAD] [--workdir DIR] [--out JSON] [--summarise-only | --replicates-only]
 
 Clones this repository at ``--rev`` into ``DIR/repo`` (a fresh clone: no DVC cache, no MLflow store), runs the
 setup and ``dvc repro`` there, then ``dvc repro replicates/dvc.yaml``, stamping each line DVC prints
 (``DIR/repro.log``, ``DIR/replicates.log``), and writes ``reports/bench/pipeline_time.json``: the commit, the CPU,
 setup, repro and replicates seconds, each stage's seconds from its start to the next one's (process start, imports
-and DVC's hashing included), the stages DVC skipped, and every committed file the two runs changed with the keys
-that differ inside it. On the CPU type that made ``dvc.lock`` every
-output reproduces bit for bit, so DVC skips each stage whose outputs are all committed files (the evaluations and
-win rates) and the files that differ hold timings only; on another CPU type every stage runs.
+and DVC's hashing included), the stages DVC skipped, every committed file the two runs changed with the keys
+that differ inside it, and each rewritten evaluation's metrics against the committed ones. On the CPU type that
+made ``dvc.lock`` every output reproduces bit for bit, so DVC skips each stage whose outputs are all committed
+files (the evaluations and win rates) and the files that differ hold timings only; on another CPU type every stage
+runs and ``metric_drift`` says how far the metrics moved.
 ``--summarise-only`` writes the JSON from an earlier run's ``DIR``; ``--replicates-only`` runs the replicates in
 an earlier run's ``DIR`` (one made before this script ran them) and writes it.
 """
@@ -118,24 +119,45 @@ def changed_files(repo: Path) -> dict[str, list[str] | None]:
         if not name.endswith(".json"):
             out[name] = None
             continue
-        old = dict(
-            _leaves(
-                json.loads(
-                    subprocess.run(
-                        ["git", "show", f"HEAD:{name}"], cwd=repo, check=True, capture_output=True, text=True
-                    ).stdout
-                )
-            )
-        )
+        old = dict(_leaves(_committed_json(repo, name)))
         new = dict(_leaves(json.loads((repo / name).read_text())))
         out[name] = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     return out
+
+
+def _committed_json(repo: Path, name: str) -> Any:
+    show = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=repo, check=True, capture_output=True, text=True)
+    return json.loads(show.stdout)
+
+
+def metric_drift(repo: Path, changed: dict[str, list[str] | None]) -> dict[str, dict[str, dict[str, Any]]]:
+    """For each evaluation the run rewrote, each first-sample metric's committed and new mean with both 95%
+    intervals: on another CPU type every model retrains to other bits, and this says how far that moves a metric
+    against the evaluation's own interval (which holds sampling noise, not training's)."""
+    drift: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, keys in changed.items():
+        if not name.startswith("reports/metrics/") or not keys:
+            continue
+        old, new = _committed_json(repo, name)["metrics"], json.loads((repo / name).read_text())["metrics"]
+        drift[Path(name).stem] = {
+            metric: {
+                "committed": old[metric]["mean"],
+                "now": new[metric]["mean"],
+                "ci95": [old[metric]["ci95"], new[metric]["ci95"]],
+                "intervals_overlap": abs(new[metric]["mean"] - old[metric]["mean"])
+                <= old[metric]["ci95"] + new[metric]["ci95"],
+            }
+            for metric in sorted(old)
+            if isinstance(old[metric], dict) and isinstance(new.get(metric), dict)
+        }
+    return drift
 
 
 def summarise(workdir: Path) -> dict[str, Any]:
     repo = workdir / "repo"
     times = json.loads((workdir / "times.json").read_text())
     rows, skipped = stage_times((workdir / "repro.log").read_text().splitlines())
+    changed = changed_files(repo)
     replicates = {}
     if "replicates_done" in times:
         replicate_rows, replicates_skipped = stage_times((workdir / "replicates.log").read_text().splitlines())
@@ -156,7 +178,8 @@ def summarise(workdir: Path) -> dict[str, Any]:
         "stages_skipped": skipped,
         "stages": rows,
         **replicates,
-        "changed_files": changed_files(repo),
+        "changed_files": changed,
+        "metric_drift": metric_drift(repo, changed),
     }
 
 
@@ -164,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rev", default="HEAD")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=OUT, help="another CPU type's run goes beside the default file")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--summarise-only", action="store_true")
     only.add_argument("--replicates-only", action="store_true")
@@ -177,9 +201,9 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         run(args.rev, workdir)
     result = summarise(workdir)
-    write_json(OUT, result)
+    write_json(args.out, result)
     print(
-        f"{OUT}: setup {result['setup_seconds']:.0f} s, dvc repro {result['repro_seconds'] / 60:.1f} min, "
+        f"{args.out}: setup {result['setup_seconds']:.0f} s, dvc repro {result['repro_seconds'] / 60:.1f} min, "
         f"{result['stages_run']} stages run, {len(result['stages_skipped'])} skipped"
         + (f"; replicates {result['replicates_seconds'] / 60:.1f} min" if "replicates_seconds" in result else "")
     )

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import json
+import platform
 
 import mlflow
 import pytest
 
-from motionpref.tracking import StageRun, flatten, project_root, stage_run, tracking_uri
+from motionpref.tracking import StageRun, cpu_type, flatten, project_root, stage_run, tracking_uri
 
 
 @pytest.fixture()
@@ -119,3 +120,24 @@ def test_a_temporary_experiment_writes_its_own_copy_and_logs_to_its_workspaces_s
 
 def test_flatten_nested_params():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+def _cpuinfo(tmp_path, family, model, flags):
+    path = tmp_path / f"cpuinfo_{family}_{model}"
+    core = (
+        f"processor\t: {{}}\nmodel name\t: AMD EPYC\ncpu family\t: {family}\nmodel\t\t: {model}\nflags\t\t: {flags}\n"
+    )
+    path.write_text("\n".join(core.format(i) for i in range(2)))
+    return path
+
+
+def test_cpu_type_tells_apart_generations_that_share_a_model_name_and_simd_width(tmp_path):
+    zen4 = cpu_type(_cpuinfo(tmp_path, 25, 17, "fpu sse4_2 avx avx2 avx512f"))
+    zen5 = cpu_type(_cpuinfo(tmp_path, 26, 2, "fpu sse4_2 avx avx2 avx512f avx512_vp2intersect"))
+    assert zen4 == "AMD EPYC (family 25 model 17, avx512f)"
+    assert zen5 == "AMD EPYC (family 26 model 2, avx512f)"
+    assert cpu_type(_cpuinfo(tmp_path, 25, 1, "fpu avx2")) == "AMD EPYC (family 25 model 1, avx2)"
+
+
+def test_cpu_type_without_cpuinfo_falls_back_to_the_platform(tmp_path):
+    assert cpu_type(tmp_path / "missing") == (platform.processor() or platform.machine())

@@ -35,12 +35,13 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
-def cpu_type() -> str:
-    """The CPU's model name and its widest vector extension: machines the model name calls alike ("AMD EPYC")
-    round differently when their SIMD widths differ (README, Reproducibility)."""
+def cpu_type(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name, family and model numbers and widest vector extension: machines the model name calls
+    alike ("AMD EPYC") round differently across generations (two with avx512f made different datasets from the
+    same lock) and SIMD widths (README, Reproducibility)."""
     fields: dict[str, str] = {}  # the first core's: every core of a machine says the same
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     except OSError:
@@ -48,7 +49,9 @@ def cpu_type() -> str:
     model = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2", "asimd") if f in flags), None)
-    return f"{model} ({simd})" if simd else model
+    generation = f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields else None
+    details = ", ".join(d for d in (generation, simd) if d)
+    return f"{model} ({details})" if details else model
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
